@@ -1,0 +1,1 @@
+"""aiagent-live: workflow executions in PostgreSQL, pushed live to WebSockets."""

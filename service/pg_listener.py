@@ -1,0 +1,101 @@
+"""The process's one LISTEN connection: notifications in, batches of changed executions out."""
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import aiopg
+import psycopg2
+import structlog
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "aiagent_live"  # a constant: LISTEN is never built from outside text
+APPLICATION_NAME = "aiagent-live listener"  # how operators (and tests) find it in pg_stat_activity
+
+
+def parse_payload(payload: str) -> tuple[str, int] | None:
+    """'<execution id>:<seq>' as the trigger sends it; None for anything else."""
+    execution_id, _, seq = payload.partition(":")
+    try:
+        return execution_id, int(seq)
+    except ValueError:
+        return None
+
+
+class PgListener:
+    """Keeps a dedicated LISTEN connection alive and hands each drained batch to `on_batch`.
+
+    Reconnects with exponential backoff and jitter; after every (re)connect it calls `on_connect`
+    so consumers re-read what changed while nobody was listening. An idle connection is pinged,
+    so one that died without an error is noticed and replaced.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        on_batch: Callable[[dict[str, int]], Awaitable[None]],
+        on_connect: Callable[[], Awaitable[object]],
+        *,
+        ping_seconds: float,
+        backoff_min: float,
+        backoff_max: float,
+    ):
+        self._dsn = dsn
+        self._on_batch = on_batch
+        self._on_connect = on_connect
+        self._ping_seconds = ping_seconds
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self.connected = False
+        self.reconnects = 0
+        self.notifications = 0
+
+    async def run(self) -> None:
+        delay = self._backoff_min
+        while True:
+            try:
+                async with aiopg.connect(
+                    self._dsn, enable_hstore=False, application_name=APPLICATION_NAME,
+                    keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                ) as conn:
+                    async with conn.cursor() as cur:
+                        await cur.execute(f"LISTEN {CHANNEL}")
+                    self.connected = True
+                    log.info("listener.connected", reconnects=self.reconnects)
+                    delay = self._backoff_min
+                    await self._on_connect()
+                    await self._pump(conn)
+            except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
+                log.warning("listener.disconnected", error=type(exc).__name__, detail=str(exc)[:200])
+            finally:
+                self.connected = False
+            self.reconnects += 1
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, self._backoff_max)
+
+    async def _pump(self, conn: aiopg.Connection) -> None:
+        while True:
+            try:
+                first = await asyncio.wait_for(conn.notifies.get(), self._ping_seconds)
+            except asyncio.TimeoutError:
+                await self._ping(conn)
+                continue
+            batch = [first]
+            while not conn.notifies.empty():
+                batch.append(conn.notifies.get_nowait())
+            self.notifications += len(batch)
+            announced: dict[str, int] = {}
+            for notification in batch:
+                parsed = parse_payload(notification.payload)
+                if parsed is not None:
+                    execution_id, seq = parsed
+                    announced[execution_id] = max(seq, announced.get(execution_id, 0))
+            try:
+                await self._on_batch(announced)
+            except Exception:  # a failed read must not kill the listener; the reconcile retries
+                log.exception("listener.batch_failed", executions=len(announced))
+
+    async def _ping(self, conn: aiopg.Connection) -> None:
+        async with conn.cursor() as cur:
+            await asyncio.wait_for(cur.execute("SELECT 1"), self._ping_seconds)

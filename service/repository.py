@@ -1,0 +1,178 @@
+"""Every SQL statement the service runs, always parameterised; handlers never see a cursor."""
+
+import base64
+import binascii
+import datetime
+import json
+import uuid
+
+import aiopg
+import psycopg2
+import psycopg2.extras
+
+from .errors import Conflict
+
+# SQLSTATE raised by the migrations' triggers for an illegal change (see migrations/001).
+ILLEGAL_CHANGE = "AL409"
+
+EXECUTION_COLUMNS = """
+    e.id::text AS id, e.workflow_id::text AS workflow_id, e.owner, e.status, e.progress, e.message,
+    e.input_data, e.result, e.error, e.created_at, e.started_at, e.finished_at, e.updated_at, e.seq,
+    EXTRACT(EPOCH FROM e.finished_at - e.started_at)::float8 AS execution_time
+"""
+WORKFLOW_COLUMNS = "w.id::text AS id, w.owner, w.name, w.nodes, w.created_at"
+
+# What a worker may change on an execution; everything else belongs to the database.
+PATCHABLE_COLUMNS = ("status", "progress", "message", "result", "error")
+JSON_COLUMNS = ("result", "input_data")
+
+
+async def _fetch(pool: aiopg.Pool, sql: str, params=()) -> list[dict]:
+    async with pool.acquire() as conn:
+        async with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            try:
+                await cur.execute(sql, params)
+            except psycopg2.Error as exc:
+                if exc.pgcode == ILLEGAL_CHANGE:
+                    raise Conflict(exc.diag.message_primary or "illegal change") from exc
+                raise
+            return list(await cur.fetchall()) if cur.description else []
+
+
+async def _fetch_one(pool: aiopg.Pool, sql: str, params=()) -> dict | None:
+    rows = await _fetch(pool, sql, params)
+    return rows[0] if rows else None
+
+
+async def ping(pool: aiopg.Pool) -> None:
+    await _fetch(pool, "SELECT 1")
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+async def create_workflow(pool: aiopg.Pool, owner: str, name: str, nodes: list[dict]) -> dict:
+    return await _fetch_one(
+        pool,
+        f"INSERT INTO workflows AS w (owner, name, nodes) VALUES (%s, %s, %s) RETURNING {WORKFLOW_COLUMNS}",
+        (owner, name, psycopg2.extras.Json(nodes)),
+    )
+
+
+async def get_workflow(pool: aiopg.Pool, workflow_id: str) -> dict | None:
+    return await _fetch_one(pool, f"SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE w.id = %s", (workflow_id,))
+
+
+async def list_workflows(pool: aiopg.Pool, *, owner: str | None, limit: int, after: "Cursor | None") -> list[dict]:
+    where, params = _page_filter("w", owner, after)
+    return await _fetch(
+        pool,
+        f"SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE {where} "
+        "ORDER BY w.created_at DESC, w.id DESC LIMIT %s",
+        (*params, limit),
+    )
+
+
+# -- executions ------------------------------------------------------------------------------
+
+async def create_execution(pool: aiopg.Pool, workflow_id: str, owner: str, input_data) -> dict:
+    return await _fetch_one(
+        pool,
+        f"INSERT INTO executions AS e (workflow_id, owner, input_data) VALUES (%s, %s, %s) "
+        f"RETURNING {EXECUTION_COLUMNS}",
+        (workflow_id, owner, psycopg2.extras.Json(input_data)),
+    )
+
+
+async def get_execution(pool: aiopg.Pool, execution_id: str) -> dict | None:
+    return await _fetch_one(
+        pool, f"SELECT {EXECUTION_COLUMNS} FROM executions e WHERE e.id = %s", (execution_id,)
+    )
+
+
+async def get_executions(pool: aiopg.Pool, execution_ids: list[str]) -> list[dict]:
+    """One read for a whole batch of changed executions."""
+    return await _fetch(
+        pool, f"SELECT {EXECUTION_COLUMNS} FROM executions e WHERE e.id = ANY(%s::uuid[])", (execution_ids,)
+    )
+
+
+async def get_execution_seqs(pool: aiopg.Pool, execution_ids: list[str]) -> dict[str, int]:
+    rows = await _fetch(
+        pool, "SELECT id::text AS id, seq FROM executions WHERE id = ANY(%s::uuid[])", (execution_ids,)
+    )
+    return {row["id"]: row["seq"] for row in rows}
+
+
+async def list_executions(
+    pool: aiopg.Pool, *, owner: str | None, status: str | None, workflow_id: str | None,
+    limit: int, after: "Cursor | None",
+) -> list[dict]:
+    where, params = _page_filter("e", owner, after)
+    if status is not None:
+        where += " AND e.status = %s"
+        params.append(status)
+    if workflow_id is not None:
+        where += " AND e.workflow_id = %s"
+        params.append(workflow_id)
+    return await _fetch(
+        pool,
+        f"SELECT {EXECUTION_COLUMNS} FROM executions e WHERE {where} "
+        "ORDER BY e.created_at DESC, e.id DESC LIMIT %s",
+        (*params, limit),
+    )
+
+
+async def update_execution(pool: aiopg.Pool, execution_id: str, changes: dict) -> dict | None:
+    """Apply a worker's changes; the triggers enforce the state machine (Conflict on a violation)."""
+    assignments, params = [], []
+    for column in PATCHABLE_COLUMNS:
+        if column in changes:
+            value = changes[column]
+            assignments.append(f"{column} = %s")
+            params.append(psycopg2.extras.Json(value) if column in JSON_COLUMNS and value is not None else value)
+    if not assignments:
+        return await get_execution(pool, execution_id)
+    # A write that changes nothing is skipped by the trigger and returns no row: read it then.
+    row = await _fetch_one(
+        pool,
+        f"UPDATE executions AS e SET {', '.join(assignments)} WHERE e.id = %s RETURNING {EXECUTION_COLUMNS}",
+        (*params, execution_id),
+    )
+    return row or await get_execution(pool, execution_id)
+
+
+# -- pagination ------------------------------------------------------------------------------
+
+class Cursor:
+    """Keyset position (created_at, id) in a newest-first listing, opaque to clients."""
+
+    def __init__(self, created_at: str, ident: str):
+        self.created_at, self.ident = created_at, ident
+
+    @classmethod
+    def after_row(cls, row: dict) -> "Cursor":
+        return cls(row["created_at"].isoformat(), row["id"])
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(json.dumps([self.created_at, self.ident]).encode()).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> "Cursor":
+        """Raises ValueError for anything that is not a cursor this service issued."""
+        try:
+            created_at, ident = json.loads(base64.urlsafe_b64decode(text.encode("ascii")))
+            datetime.datetime.fromisoformat(created_at)
+            return cls(created_at, str(uuid.UUID(ident)))
+        except (ValueError, TypeError, binascii.Error) as exc:
+            raise ValueError("not a cursor issued by this service") from exc
+
+
+def _page_filter(alias: str, owner: str | None, after: Cursor | None) -> tuple[str, list]:
+    where, params = "TRUE", []
+    if owner is not None:
+        where += f" AND {alias}.owner = %s"
+        params.append(owner)
+    if after is not None:
+        where += f" AND ({alias}.created_at, {alias}.id) < (%s::timestamptz, %s::uuid)"
+        params += [after.created_at, after.ident]
+    return where, params

@@ -1,0 +1,20 @@
+"""The URL table."""
+
+from aiohttp import web
+
+from . import health_handlers, rest_handlers, ws_handlers
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_routes([
+        web.get("/healthz", health_handlers.healthz),
+        web.get("/readyz", health_handlers.readyz),
+        web.post("/api/v1/workflows", rest_handlers.create_workflow),
+        web.get("/api/v1/workflows", rest_handlers.list_workflows),
+        web.get("/api/v1/workflows/{id}", rest_handlers.get_workflow),
+        web.post("/api/v1/executions", rest_handlers.create_execution),
+        web.get("/api/v1/executions", rest_handlers.list_executions),
+        web.get("/api/v1/executions/{id}", rest_handlers.get_execution),
+        web.patch("/api/v1/executions/{id}", rest_handlers.patch_execution),
+        web.get("/api/v1/ws/executions/{id}", ws_handlers.execution_socket),
+    ])

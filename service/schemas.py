@@ -1,0 +1,120 @@
+"""Marshmallow schemas for what comes in and goes out of the REST API."""
+
+import marshmallow
+from marshmallow import fields, validate
+
+STATUSES = ("pending", "running", "completed", "failed")
+MAX_TEXT = 100_000
+
+
+def _no_nul(value) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, field by field."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise marshmallow.ValidationError("must not contain the NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _no_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item)
+
+
+class Text(fields.String):
+    def __init__(self, *, min_length: int = 0, max_length: int = MAX_TEXT, **kwargs):
+        super().__init__(validate=[validate.Length(min=min_length, max=max_length), _no_nul], **kwargs)
+
+
+class Json(fields.Raw):
+    """Any JSON value, as long as PostgreSQL's jsonb can store it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(validate=_no_nul, **kwargs)
+
+
+class StrictInteger(fields.Integer):
+    """An integer that refuses booleans and floats (JSON true is not 1)."""
+
+    def _validated(self, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class NodeSpec(marshmallow.Schema):
+    id = Text(required=True, min_length=1, max_length=100)
+    title = Text(required=True, min_length=1, max_length=200)
+
+
+class WorkflowCreate(marshmallow.Schema):
+    name = Text(required=True, max_length=200)
+    nodes = fields.List(fields.Nested(NodeSpec), load_default=list, validate=validate.Length(max=200))
+
+    @marshmallow.validates("name")
+    def _name_not_blank(self, value, **_):
+        if not value.strip():
+            raise marshmallow.ValidationError("must not be blank")
+
+    @marshmallow.validates("nodes")
+    def _unique_node_ids(self, value, **_):
+        ids = [node["id"] for node in value]
+        if len(ids) != len(set(ids)):
+            raise marshmallow.ValidationError("node ids must be unique")
+
+
+class ExecutionCreate(marshmallow.Schema):
+    workflow_id = fields.UUID(required=True)
+    input_data = Json(load_default=None, allow_none=True)
+
+
+class ExecutionPatch(marshmallow.Schema):
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    progress = StrictInteger(validate=validate.Range(0, 100))
+    message = Text(allow_none=True)
+    result = Json(allow_none=True)
+    error = Text(allow_none=True)
+
+    @marshmallow.validates_schema
+    def _not_empty(self, data, **_):
+        if not data:
+            raise marshmallow.ValidationError("give at least one of status, progress, message, result, error")
+
+
+class ListQuery(marshmallow.Schema):
+    class Meta:
+        unknown = marshmallow.EXCLUDE  # a cache-buster or tracking parameter is not an error
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=500))
+
+
+class ExecutionListQuery(ListQuery):
+    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
+    workflow_id = fields.UUID(load_default=None)
+
+
+class WorkflowOut(marshmallow.Schema):
+    id = fields.String()
+    owner = fields.String()
+    name = fields.String()
+    nodes = fields.Raw()
+    created_at = fields.DateTime()
+
+
+class ExecutionOut(marshmallow.Schema):
+    id = fields.String()
+    workflow_id = fields.String()
+    owner = fields.String()
+    status = fields.String()
+    progress = fields.Integer()
+    message = fields.String(allow_none=True)
+    input_data = fields.Raw(allow_none=True)
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    execution_time = fields.Float(allow_none=True)
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    updated_at = fields.DateTime()
+    seq = fields.Integer()

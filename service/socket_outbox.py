@@ -1,0 +1,111 @@
+"""One socket's bounded send queue and the one task that writes it, so no socket waits on another."""
+
+import asyncio
+import collections
+
+import structlog
+from aiohttp import web
+from aiohttp.http_websocket import WSCloseCode
+
+from .messages import Event
+
+log = structlog.get_logger(__name__)
+
+CLOSE_FINISHED = WSCloseCode.OK
+CLOSE_TOO_SLOW = WSCloseCode.TRY_AGAIN_LATER
+
+
+class SocketOutbox:
+    """Events queued for one WebSocket.
+
+    Per execution, only events newer than the last accepted `seq` get in, so a snapshot and a
+    live change that carry the same state are sent once. A queued `status` that is still waiting
+    is replaced by a newer one (latest wins); every other message keeps its place. A full queue,
+    or a frame that cannot leave within the send timeout, closes the socket with 1013.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, *, capacity: int, send_timeout: float,
+                 close_on_terminal: bool = True):
+        self._ws = ws
+        self._capacity = capacity
+        self._send_timeout = send_timeout
+        self._close_on_terminal = close_on_terminal
+        self._queue: collections.deque[Event] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._cursors: dict[str, int] = {}
+        self._close: tuple[int, str] | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self._close is not None
+
+    def start_after(self, execution_id: str, seq: int) -> None:
+        """Deliver only events with a seq above this one (the client's `since`)."""
+        self._cursors[execution_id] = seq
+
+    def offer(self, event: Event) -> bool:
+        """Queue an event without waiting; False when it was not needed or the socket is closing."""
+        if self._close is not None or event.seq <= self._cursors.get(event.execution_id, 0):
+            return False
+        self._cursors[event.execution_id] = event.seq
+        last = self._queue[-1] if self._queue else None
+        if (event.kind == "status" and last is not None and last.kind == "status"
+                and last.execution_id == event.execution_id):
+            self._queue[-1] = event
+        elif not self._append(event):
+            return False
+        self._wakeup.set()
+        return True
+
+    def send_text(self, text: str) -> None:
+        """Queue a reply to the client (pong, error): never merged, never deduplicated."""
+        if self._close is None and self._append(Event("", 0, "reply", text)):
+            self._wakeup.set()
+
+    def close(self, code: int, reason: str, *, drain: bool) -> None:
+        """Close the socket once the queue is sent (drain) or at once, dropping what is queued."""
+        if self._close is not None:
+            return
+        self._close = (code, reason)
+        if not drain:
+            self._queue.clear()
+        self._wakeup.set()
+
+    def _append(self, event: Event) -> bool:
+        if len(self._queue) >= self._capacity:
+            log.info("ws.too_slow", reason="queue_full", queued=len(self._queue))
+            self.close(CLOSE_TOO_SLOW, "too slow", drain=False)
+            return False
+        self._queue.append(event)
+        return True
+
+    async def run(self) -> None:
+        """The writer task: send queued events in order until the socket closes."""
+        ws = self._ws
+        while True:
+            if not self._queue:
+                if self._close is not None:
+                    break
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            event = self._queue.popleft()
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    await ws.send_str(event.text)
+            except TimeoutError:
+                log.info("ws.too_slow", reason="send_timeout")
+                self.close(CLOSE_TOO_SLOW, "too slow", drain=False)
+                break
+            except ConnectionError:
+                return  # the peer is gone; the handler's receive loop ends too
+            if event.terminal and self._close_on_terminal:
+                self.close(CLOSE_FINISHED, "finished", drain=False)
+        code, reason = self._close
+        try:
+            # A peer that stopped reading cannot take the close frame either: give up after the
+            # timeout, and aiohttp drops the connection.
+            async with asyncio.timeout(self._send_timeout):
+                await ws.close(code=code, message=reason.encode())
+        except (TimeoutError, ConnectionError):
+            pass
