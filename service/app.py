@@ -63,6 +63,10 @@ async def listener_ctx(app: web.Application):
     )
     app[listener_key] = listener
     async with background(listener.run()):
+        # Start serving with push already live when the database is there; if it is not,
+        # start anyway: /readyz says 503 until the listener connects.
+        if not await listener.wait_connected(timeout=5):
+            log.warning("listener.not_connected_at_startup")
         yield
 
 

@@ -47,9 +47,21 @@ class PgListener:
         self._ping_seconds = ping_seconds
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
-        self.connected = False
+        self._connected = asyncio.Event()
         self.reconnects = 0
         self.notifications = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+            return True
+        except TimeoutError:
+            return False
 
     async def run(self) -> None:
         delay = self._backoff_min
@@ -61,7 +73,7 @@ class PgListener:
                 ) as conn:
                     async with conn.cursor() as cur:
                         await cur.execute(f"LISTEN {CHANNEL}")
-                    self.connected = True
+                    self._connected.set()
                     log.info("listener.connected", reconnects=self.reconnects)
                     delay = self._backoff_min
                     await self._on_connect()
@@ -69,7 +81,7 @@ class PgListener:
             except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
                 log.warning("listener.disconnected", error=type(exc).__name__, detail=str(exc)[:200])
             finally:
-                self.connected = False
+                self._connected.clear()
             self.reconnects += 1
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, self._backoff_max)
