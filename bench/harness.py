@@ -60,15 +60,17 @@ class Sizes:
     s5_sockets: int = 1000
     connect_concurrency: int = 64
     connect_timeout: float = 120
+    baseline_drain_cap: float = 15   # S3: how long a baseline that fell behind may take to catch up
 
 
 FULL = Sizes()
-QUICK = Sizes(clients=2, s1_seconds=5, s2_sockets=2000, s2_rounds=2, s3_ceiling_seconds=2,
-              s3_step_seconds=2.5, s3_steps=(0.5, 1.0), s4_sockets=2000, s4_settle_seconds=2,
-              s4_seconds=8, s5_sockets=300, connect_timeout=30)
+QUICK = Sizes(clients=2, s1_seconds=2, s2_sockets=1500, s2_rounds=1, s3_ceiling_seconds=1.5,
+              s3_step_seconds=2, s3_steps=(1.0,), s4_sockets=1000, s4_settle_seconds=1,
+              s4_seconds=4, s5_sockets=200, connect_timeout=30, baseline_drain_cap=4)
 SMOKE = Sizes(clients=1, writers=2, s1_executions=20, s1_rate=100, s1_seconds=1, s2_sockets=50, s2_rounds=1,
               s3_executions=10, s3_ceiling_seconds=0.5, s3_step_seconds=0.5, s3_steps=(1.0,),
-              s4_sockets=50, s4_settle_seconds=0.5, s4_seconds=1, s5_sockets=20, connect_timeout=10)
+              s4_sockets=50, s4_settle_seconds=0.5, s4_seconds=1, s5_sockets=20, connect_timeout=10,
+              baseline_drain_cap=3)
 
 
 def log(*parts) -> None:
@@ -169,7 +171,7 @@ class Database:
 class Server:
     """One design's server process in its production configuration."""
 
-    def __init__(self, design: str, db: Database, profile_to: Path | None = None):
+    def __init__(self, design: str, db: Database):
         self.design = design
         self.port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -184,11 +186,21 @@ class Server:
         self.profiler = None
         self._wait_ready()
         self.ps = psutil.Process(self.proc.pid)
-        if profile_to is not None:
-            self.profiler = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(self.proc.pid),
-                 "--format", "raw", "--rate", "200", "--nonblocking", "--output", str(profile_to)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_profile(self, path: Path) -> None:
+        """py-spy samples the server (raw collapsed stacks) until stop_profile()."""
+        self.profiler = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(self.proc.pid),
+             "--format", "raw", "--rate", "250", "--nonblocking", "--output", str(path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # py-spy attaches
+
+    def stop_profile(self) -> None:
+        if self.profiler is not None and self.profiler.poll() is None:
+            self.profiler.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.profiler.wait(30)
+        self.profiler = None
 
     @property
     def ws_base(self) -> str:
@@ -213,10 +225,7 @@ class Server:
         return sum(p.memory_info().rss for p in [self.ps, *self.ps.children(recursive=True)])
 
     def stop(self) -> None:
-        if self.profiler is not None and self.profiler.poll() is None:
-            self.profiler.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.profiler.wait(30)
+        self.stop_profile()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -293,11 +302,20 @@ class Bench:
     # helpers ----------------------------------------------------------------------------------
 
     def start_server(self, design: str, scenario: str) -> Server:
-        profile_to = None
-        if self.profile_dir is not None and design == "service" and scenario in ("S1", "S2", "S3"):
-            profile_to = self.profile_dir / f"{scenario}.raw"
-        self.server = Server(design, self.db, profile_to)
+        self.server = Server(design, self.db)
         return self.server
+
+    @contextlib.contextmanager
+    def profiling(self, design: str, scenario: str):
+        """With --profile, py-spy the service for the measured part of a scenario only."""
+        if self.profile_dir is None or design != "service":
+            yield
+            return
+        self.server.start_profile(self.profile_dir / f"{scenario}.raw")
+        try:
+            yield
+        finally:
+            self.server.stop_profile()
 
     def stop_server(self) -> None:
         broadcast(self.clients, "close", 60)
@@ -367,7 +385,7 @@ class Bench:
         return commits, replies
 
     def quiet_for(self, design: str) -> float:
-        return 2.6 if design == "polling" else 1.0
+        return 2.3 if design == "polling" else 0.6
 
     def meter(self) -> CpuMeter:
         return CpuMeter({"server": [self.server.proc.pid], "postgres": [self.db.postmaster_pid()],
@@ -383,9 +401,10 @@ class Bench:
         connected = self.connect(ids)
         q0 = self.db.server_queries(design)
         meter = self.meter()
-        meter.start()
-        commits, replies = self.write(self.writers[:1], [ids], z.s1_rate, z.s1_seconds, "s1")
-        cpu = meter.stop()
+        with self.profiling(design, "S1"):
+            meter.start()
+            commits, replies = self.write(self.writers[:1], [ids], z.s1_rate, z.s1_seconds, "s1")
+            cpu = meter.stop()
         self.wait_quiet(self.quiet_for(design), 20)
         queries = self.db.server_queries(design) - q0
         sockets = self.dump()
@@ -417,15 +436,16 @@ class Bench:
         commits = []
         cap = 10 if design == "service" else 30
         rounds = []
-        for r in range(z.s2_rounds):
-            time.sleep(0.5)
-            expect = self.message_count() + n
-            meter = self.meter()
-            meter.start()
-            c, _ = self.write(self.writers[:1], [[execution_id]], 0, 5, f"s2r{r}", max_count=1)
-            self.wait_quiet(self.quiet_for(design), cap, expect=expect)
-            rounds.append({"cpu_percent": meter.stop()})
-            commits.extend(c)
+        with self.profiling(design, "S2"):
+            for r in range(z.s2_rounds):
+                time.sleep(0.3)
+                expect = self.message_count() + n
+                meter = self.meter()
+                meter.start()
+                c, _ = self.write(self.writers[:1], [[execution_id]], 0, 5, f"s2r{r}", max_count=1)
+                self.wait_quiet(self.quiet_for(design), cap, expect=expect)
+                rounds.append({"cpu_percent": meter.stop()})
+                commits.extend(c)
         sockets = self.dump()
         self.stop_server()
         per_round = []
@@ -460,6 +480,8 @@ class Bench:
         connected = self.connect(ids)
         steps = []
         all_commits = []
+        profiling = self.profiling(design, "S3")
+        profiling.__enter__()
         for k, fraction in enumerate(z.s3_steps):
             rate = 0 if fraction >= 1.0 else fraction * ceiling / w
             q0 = self.db.server_queries(design)
@@ -467,7 +489,7 @@ class Bench:
             meter.start()
             commits, replies = self.write(self.writers, shares, rate, z.s3_step_seconds, f"s3s{k}")
             cpu = meter.stop()
-            drained = self.wait_quiet(self.quiet_for(design), 20 if design == "service" else 15)
+            drained = self.wait_quiet(self.quiet_for(design), 20 if design == "service" else z.baseline_drain_cap)
             queries = self.db.server_queries(design) - q0
             seconds = max(r["seconds"] for r in replies)
             steps.append({"target_fraction": fraction, "target_per_s": round(fraction * ceiling, 1),
@@ -476,6 +498,7 @@ class Bench:
                           "server_queries": queries, "cpu_percent": cpu})
             all_commits.append(commits)
             log(f"  step {fraction:.2f}: {len(commits) / seconds:.0f} commits/s, cpu {cpu}")
+        profiling.__exit__(None, None, None)
         sockets = self.dump()
         self.stop_server()
         lost = reordered = 0
@@ -528,10 +551,7 @@ class Bench:
         z = self.sizes
         ids = self.db.new_executions(design, z.s5_sockets)
         self.start_server(design, "S5")
-        connected = self.connect(ids)
-        # live before the drop, so each client has a recent seq to resume from
-        self.write(self.writers[:1], [ids], 0, 30, "s5live", max_count=len(ids))
-        self.wait_quiet(self.quiet_for(design), 15)
+        connected = self.connect(ids)  # each client resumes from the seq of its snapshot
         broadcast(self.clients, "drop", 60)
         time.sleep(0.3)
         missed_commits, _ = self.write(self.writers[:1], [ids], 0, 30, "s5away", max_count=len(ids))
