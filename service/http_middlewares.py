@@ -1,5 +1,6 @@
 """Request id and access log for every request, and the one JSON shape for every error."""
 
+import asyncio
 import time
 import uuid
 
@@ -41,6 +42,9 @@ async def request_context(request: web.Request, handler):
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the handler was cancelled (client gone, or server shutting down)
         raise
     finally:
         # The path only: a query string can carry an access_token.

@@ -79,9 +79,15 @@ class SocketOutbox:
         self._queue.append(event)
         return True
 
-    async def run(self) -> None:
-        """The writer task: send queued events in order until the socket closes."""
-        ws = self._ws
+    def peer_gone(self) -> None:
+        """The client closed or vanished: the writer stops without a close of its own."""
+        if self._close is None:
+            self._close = (0, "")
+        self._queue.clear()
+        self._wakeup.set()
+
+    async def run(self) -> tuple[int, str] | None:
+        """The writer: send queued events in order. Returns the close to send, None if the peer is gone."""
         while True:
             if not self._queue:
                 if self._close is not None:
@@ -92,20 +98,23 @@ class SocketOutbox:
             event = self._queue.popleft()
             try:
                 async with asyncio.timeout(self._send_timeout):
-                    await ws.send_str(event.text)
+                    await self._ws.send_str(event.text)
             except TimeoutError:
                 log.info("ws.too_slow", reason="send_timeout")
                 self.close(CLOSE_TOO_SLOW, "too slow", drain=False)
                 break
             except ConnectionError:
-                return  # the peer is gone; the handler's receive loop ends too
+                self.peer_gone()
+                break
             if event.terminal and self._close_on_terminal:
                 self.close(CLOSE_FINISHED, "finished", drain=False)
-        code, reason = self._close
+        return None if self._close == (0, "") else self._close
+
+    async def close_socket(self, code: int, reason: str) -> None:
+        """The closing handshake, bounded: a peer that stopped reading cannot take the close frame
+        either, so after the send timeout the connection is dropped."""
         try:
-            # A peer that stopped reading cannot take the close frame either: give up after the
-            # timeout, and aiohttp drops the connection.
             async with asyncio.timeout(self._send_timeout):
-                await ws.close(code=code, message=reason.encode())
+                await self._ws.close(code=code, message=reason.encode())
         except (TimeoutError, ConnectionError):
             pass

@@ -1,6 +1,7 @@
 """The WebSocket endpoint of the original design: /api/v1/ws/executions/{id}."""
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -73,22 +74,32 @@ async def execution_socket(request: web.Request) -> web.WebSocketResponse:
         log.info("ws.subscribed", since=since, seq=row["seq"])
         expiry = asyncio.get_running_loop().call_later(
             max(0.0, principal.expires_at - time.time()),
-            outbox.close, CLOSE_UNAUTHORIZED, "token expired", False,
+            functools.partial(outbox.close, CLOSE_UNAUTHORIZED, "token expired", drain=False),
         )
-        writer = asyncio.create_task(outbox.run())
+        # The handler's own task writes; a second task reads client frames. Only one task at a
+        # time may receive, so the reader is stopped before the closing handshake reads the reply.
+        reader = asyncio.create_task(read_client_frames(ws, outbox))
         try:
-            async for msg in ws:
-                reply = handle_client_frame(msg)
-                if reply is not None:
-                    outbox.send_text(reply)
+            close = await outbox.run()
         finally:
             expiry.cancel()
-            if not writer.done():
-                # The client left: nothing more will be sent.
-                writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-            log.info("ws.closed", code=ws.close_code)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if close is not None:
+            await outbox.close_socket(*close)
+        log.info("ws.closed", code=ws.close_code)
     return ws
+
+
+async def read_client_frames(ws: web.WebSocketResponse, outbox: SocketOutbox) -> None:
+    """Answer each client frame through the outbox; tell it when the client is gone."""
+    try:
+        async for msg in ws:
+            reply = handle_client_frame(msg)
+            if reply is not None:
+                outbox.send_text(reply)
+    finally:
+        outbox.peer_gone()
 
 
 def handle_client_frame(msg) -> str | None:

@@ -1,9 +1,13 @@
 """Committed changes, whoever writes them, reach every socket watching the execution."""
 
 import asyncio
+import json
+import uuid
 
 import pytest
 from aiohttp import WSMsgType
+
+from .actors import token_for
 
 LEGACY_STATUS_FIELDS = {"type", "execution_id", "status", "progress", "message", "result", "error", "execution_time"}
 
@@ -50,3 +54,202 @@ async def test_snapshot_then_sql_update_then_final_close(user, sql):
         closing = await ws.receive(timeout=5)
         assert closing.type == WSMsgType.CLOSE
         assert ws.close_code == 1000
+
+
+async def test_sql_updates_reach_three_sockets_in_commit_order_without_duplicates(user, sql):
+    execution = await user.create_execution()
+    sockets = [await user.ws(execution["id"]).__aenter__() for _ in range(3)]
+    try:
+        for ws in sockets:
+            assert (await next_json(ws))["seq"] == 1
+        for progress in range(1, 21):
+            status = "running"
+            await sql.execute("UPDATE executions SET status=%s, progress=%s WHERE id=%s",
+                              (status, progress, execution["id"]))
+        await sql.execute("UPDATE executions SET status='failed', error='boom' WHERE id=%s", (execution["id"],))
+        for ws in sockets:
+            seen = await until_status(ws, "failed")
+            seqs = [m["seq"] for m in seen]
+            # Consecutive statuses may be merged into the latest, never reordered or repeated.
+            assert seqs == sorted(set(seqs)), seqs
+            progresses = [m["progress"] for m in seen[:-1]]
+            assert progresses == sorted(progresses)
+            assert (seen[-1]["seq"], seen[-1]["error"], seen[-1]["progress"]) == (22, "boom", 20)
+            assert (await ws.receive(timeout=5)).type == WSMsgType.CLOSE and ws.close_code == 1000
+    finally:
+        for ws in sockets:
+            await ws.close()
+
+
+async def test_each_commit_is_seen_when_the_writer_waits_for_it(user, sql):
+    execution = await user.create_execution()
+    async with user.ws(execution["id"]) as ws:
+        await next_json(ws)
+        for n in range(1, 6):
+            await sql.execute("UPDATE executions SET status='running', message=%s WHERE id=%s",
+                              (f"step {n}", execution["id"]))
+            message = await next_json(ws)
+            assert (message["message"], message["seq"]) == (f"step {n}", n + 1)
+
+
+async def test_late_joiner_gets_the_current_status(user, worker):
+    execution = await user.create_execution()
+    path = f"/api/v1/executions/{execution['id']}"
+    await worker.request("PATCH", path, json={"status": "running", "progress": 70, "message": "almost"})
+    async with user.ws(execution["id"]) as ws:
+        message = await next_json(ws)
+        assert (message["status"], message["progress"], message["message"], message["seq"]) == (
+            "running", 70, "almost", 2)
+
+
+async def test_joining_a_finished_execution_gets_the_final_status_and_1000(user, worker):
+    execution = await user.create_execution()
+    path = f"/api/v1/executions/{execution['id']}"
+    await worker.request("PATCH", path, json={"status": "running"})
+    await worker.request("PATCH", path, json={"status": "completed", "result": [1, 2, 3]})
+    async with user.ws(execution["id"]) as ws:
+        message = await next_json(ws)
+        assert (message["status"], message["result"]) == ("completed", [1, 2, 3])
+        assert (await ws.receive(timeout=5)).type == WSMsgType.CLOSE
+        assert ws.close_code == 1000
+    # A client that already saw the final status gets just the close.
+    async with user.ws(execution["id"], since=str(message["seq"])) as ws:
+        assert (await ws.receive(timeout=5)).type == WSMsgType.CLOSE
+        assert ws.close_code == 1000
+
+
+async def test_since_skips_what_was_already_seen(user, sql):
+    execution = await user.create_execution()
+    await sql.execute("UPDATE executions SET status='running', progress=10 WHERE id=%s", (execution["id"],))
+    async with user.ws(execution["id"], since="2") as ws:
+        # Nothing newer than 2 yet: no snapshot. The first message is the next change.
+        await sql.execute("UPDATE executions SET progress=20 WHERE id=%s", (execution["id"],))
+        message = await next_json(ws)
+        assert (message["seq"], message["progress"]) == (3, 20)
+    async with user.ws(execution["id"], since="1") as ws:
+        message = await next_json(ws)
+        assert (message["seq"], message["progress"]) == (3, 20)
+
+
+@pytest.mark.parametrize("since", ["-1", "abc", "1.5", "", "99999999999999999999999"])
+async def test_bad_since_gets_an_error_and_the_snapshot(user, since):
+    execution = await user.create_execution()
+    async with user.ws(execution["id"], since=since) as ws:
+        first = await next_json(ws)
+        assert first["type"] == "error" and "since" in first["message"]
+        assert (await next_json(ws))["type"] == "status"
+
+
+# -- authentication and authorisation --------------------------------------------------------
+
+async def test_missing_bad_and_expired_tokens_close_with_4401(client, user):
+    import jwt
+    import time
+
+    execution = await user.create_execution()
+    path = f"/api/v1/ws/executions/{execution['id']}"
+    forged = jwt.encode({"sub": user.sub, "role": "user", "exp": time.time() + 60}, "x" * 32, "HS256")
+    unsigned = jwt.encode({"sub": user.sub, "role": "user", "exp": time.time() + 60}, None, "none")
+    for headers, params in (
+        ({}, {}),
+        ({"Authorization": "Bearer garbage"}, {}),
+        ({"Authorization": f"Bearer {forged}"}, {}),
+        ({"Authorization": f"Bearer {token_for(user.sub, ttl=-5)}"}, {}),
+        ({}, {"access_token": unsigned}),
+    ):
+        async with client.ws_connect(path, headers=headers, params=params) as ws:
+            msg = await ws.receive(timeout=5)
+            assert msg.type == WSMsgType.CLOSE, msg
+            assert ws.close_code == 4401
+
+
+async def test_access_token_query_parameter_works_for_browsers(client, user):
+    execution = await user.create_execution()
+    async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}",
+                                 params={"access_token": user.token}) as ws:
+        assert (await next_json(ws))["execution_id"] == execution["id"]
+
+
+async def test_another_users_execution_looks_missing_4404(user, other_user):
+    execution = await user.create_execution()
+    reasons = []
+    for execution_id in (execution["id"], str(uuid.uuid4()), "not-a-uuid"):
+        async with other_user.ws(execution_id) as ws:
+            msg = await ws.receive(timeout=5)
+            assert msg.type == WSMsgType.CLOSE and ws.close_code == 4404
+            reasons.append(msg.extra)
+    assert len(set(reasons)) == 1
+
+
+async def test_socket_closes_with_4401_when_its_token_expires(client, user):
+    execution = await user.create_execution()
+    short = token_for(user.sub, ttl=2)
+    async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}", params={"access_token": short}) as ws:
+        assert (await next_json(ws))["type"] == "status"
+        msg = await ws.receive(timeout=10)
+        assert msg.type == WSMsgType.CLOSE and ws.close_code == 4401
+
+
+# -- client frames ---------------------------------------------------------------------------
+
+async def test_ping_pong_and_malformed_frames_keep_the_socket_usable(user):
+    execution = await user.create_execution()
+    async with user.ws(execution["id"]) as ws:
+        await next_json(ws)
+        await ws.send_str('{"type": "ping"}')
+        assert await next_json(ws) == {"type": "pong"}
+        for frame in ("not json", "[1, 2]", '"ping"', "{}", '{"type": 5}', '{"type": "dance"}',
+                      '{"type": "' + "x" * 10000 + '"}', "[" * 10000, '{"type": NaN}'):
+            await ws.send_str(frame)
+            reply = await next_json(ws)
+            assert reply["type"] == "error" and reply["message"], frame
+            assert len(reply["message"]) < 200
+        await ws.send_bytes(b"\x00\x01binary")
+        reply = await next_json(ws)
+        assert reply["type"] == "error" and "binary" in reply["message"]
+        await ws.send_json({"type": "ping"})
+        assert await next_json(ws) == {"type": "pong"}
+
+
+async def test_oversized_client_frame_closes_with_1009(user, config):
+    execution = await user.create_execution()
+    async with user.ws(execution["id"]) as ws:
+        await next_json(ws)
+        await ws.send_str('{"type": "ping", "pad": "' + "x" * config.ws_max_message_bytes + '"}')
+        msg = await ws.receive(timeout=5)
+        assert msg.type == WSMsgType.CLOSE and ws.close_code == 1009
+
+
+async def test_protocol_heartbeat_closes_a_peer_that_does_not_answer(aiohttp_client, config):
+    import dataclasses
+    from service.app import create_app
+    from .actors import Actor
+
+    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_heartbeat_seconds=0.5)))
+    user = Actor(client)
+    execution = await user.create_execution()
+    async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}",
+                                 headers=user.headers, autoping=False) as ws:
+        await next_json(ws)
+        # The server pings; this client never pongs, so the server gives up on it.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            msg = await ws.receive(timeout=10)
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
+                break
+            assert msg.type == WSMsgType.PING and asyncio.get_running_loop().time() < deadline
+
+
+# -- large rows, dead listeners, slow clients ------------------------------------------------
+
+async def test_a_1mb_result_reaches_the_socket_intact(user, sql):
+    execution = await user.create_execution()
+    result = {"chunks": ["%06d" % i + "y" * 94 for i in range(10_000)], "emoji": "🚀✓"}
+    async with user.ws(execution["id"]) as ws:
+        await next_json(ws)
+        await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (execution["id"],))
+        await sql.execute("UPDATE executions SET status='completed', result=%s WHERE id=%s",
+                          (json.dumps(result), execution["id"]))
+        final = (await until_status(ws, "completed"))[-1]
+        assert final["result"] == result
+        assert len(json.dumps(final["result"])) > 1_000_000
