@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import structlog
-from aiohttp import web
 
 from .auth import ROLES, issue_token
 from .config import Config, ConfigError, load_config
@@ -48,11 +47,9 @@ def serve(config: Config) -> None:
     config = with_development_defaults(config)
     asyncio.run(apply_migrations(config.database_url))
     from .app import create_app
+    from .server import serve_until_signalled
 
-    web.run_app(
-        create_app(config), host=config.host, port=config.port, access_log=None,
-        print=lambda _: announce(config), shutdown_timeout=10,
-    )
+    asyncio.run(serve_until_signalled(create_app(config), config, on_ready=lambda: announce(config)))
 
 
 def announce(config: Config) -> None:

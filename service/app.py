@@ -48,6 +48,7 @@ async def hub_ctx(app: web.Application):
 
 async def close_sockets(app: web.Application) -> None:
     """On shutdown, before handlers are awaited: 1001 tells every client to reconnect elsewhere."""
+    log.info("server.shutting_down", subscriptions=app[hub_key].subscription_count)
     app[hub_key].close_all(WSCloseCode.GOING_AWAY, "server going away")
 
 

@@ -28,6 +28,7 @@ class Config:
     listener_ping_seconds: float = 5.0
     listener_backoff_min_seconds: float = 0.1
     listener_backoff_max_seconds: float = 5.0
+    shutdown_timeout_seconds: float = 10.0
 
     @property
     def embedded_database(self) -> bool:

@@ -1,5 +1,6 @@
 """Which sockets watch which executions, and the one read per batch of changes that feeds them."""
 
+import asyncio
 import contextlib
 
 import aiopg
@@ -24,6 +25,7 @@ class SubscriptionHub:
         self._watchers: dict[str, set[SocketOutbox]] = {}
         # Highest seq already offered to the watchers of each execution.
         self._published: dict[str, int] = {}
+        self._emptied = asyncio.Event()
 
     @property
     def subscription_count(self) -> int:
@@ -33,6 +35,7 @@ class SubscriptionHub:
     def subscription(self, execution_id: str, outbox: SocketOutbox):
         """Watch an execution for the duration of the block. Register before reading the snapshot."""
         self._watchers.setdefault(execution_id, set()).add(outbox)
+        self._emptied.clear()
         try:
             yield
         finally:
@@ -42,6 +45,8 @@ class SubscriptionHub:
                 if not watchers:
                     del self._watchers[execution_id]
                     self._published.pop(execution_id, None)
+                    if not self._watchers:
+                        self._emptied.set()
 
     async def snapshot(self, execution_id: str, outbox: SocketOutbox) -> dict | None:
         """Read one execution now and offer it to a new socket (and to any watcher it is news to)."""
@@ -88,3 +93,14 @@ class SubscriptionHub:
         for watchers in self._watchers.values():
             for outbox in watchers:
                 outbox.close(code, reason, drain=True)
+
+    async def wait_until_empty(self, timeout: float) -> bool:
+        """After close_all: wait for the sockets to finish closing; False if some did not in time."""
+        if not self._watchers:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._emptied.wait()
+            return True
+        except TimeoutError:
+            return False

@@ -1,0 +1,118 @@
+"""The real thing: `python -m service` processes, driven by an independent WebSocket library."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+
+import aiohttp
+import websockets
+
+from .actors import JWT_SECRET, token_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def start_server(database_url: str, log_file, **env) -> tuple[asyncio.subprocess.Process, int]:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "serve",
+        env={**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET, "PORT": str(port),
+             "LOG_FORMAT": "json", **env},
+        stdout=log_file, stderr=log_file,
+    )
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    if response.status == 200:
+                        return process, port
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    process.kill()
+    raise AssertionError("server did not become ready")
+
+
+async def test_served_process_pushes_sql_changes_to_a_websockets_client_and_stops_on_sigterm(
+        database_url, sql, tmp_path):
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        process, port = await start_server(database_url, log_file)
+    token = token_for("process-user")
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+            async with session.post(f"http://127.0.0.1:{port}/api/v1/workflows",
+                                    json={"name": "wf", "nodes": []}) as response:
+                workflow = await response.json()
+            async with session.post(f"http://127.0.0.1:{port}/api/v1/executions",
+                                    json={"workflow_id": workflow["id"]}) as response:
+                execution = await response.json()
+
+        url = f"ws://127.0.0.1:{port}/api/v1/ws/executions/{execution['id']}?access_token={token}"
+        async with websockets.connect(url) as ws:
+            snapshot = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (snapshot["type"], snapshot["status"]) == ("status", "pending")
+            await sql.execute("UPDATE executions SET status='running', progress=40 WHERE id=%s",
+                              (execution["id"],))
+            pushed = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (pushed["status"], pushed["progress"]) == ("running", 40)
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
+
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(ws.recv(), 10)
+                raise AssertionError("expected the socket to close")
+            except websockets.ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 1001
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    logs = log_path.read_text()
+    assert token not in logs and token.split(".")[2] not in logs, "a token reached the logs"
+    events = [json.loads(line)["event"] for line in logs.splitlines() if line.startswith("{")]
+    assert "server.ready" in events and "ws.subscribed" in events
+
+
+async def test_migrate_twice_at_once_is_safe(database_url):
+    async def migrate():
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", "migrate",
+            env={**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": "x"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await process.communicate()
+        return process.returncode, out.decode()
+
+    results = await asyncio.gather(migrate(), migrate())
+    assert [code for code, _ in results] == [0, 0]
+    assert all("none pending" in out for _, out in results)
+
+
+async def test_token_command_prints_a_token_the_server_accepts(database_url):
+    from service.auth import verify_token
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "token", "--sub", "alice", "--role", "worker", "--ttl", "60",
+        env={**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET},
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    principal = verify_token(JWT_SECRET, out.decode().strip())
+    assert (principal.sub, principal.role) == ("alice", "worker")
+
+
+async def test_serve_refuses_to_start_without_a_secret_when_given_a_database(database_url):
+    env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "serve", env={**env, "DATABASE_URL": database_url},
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await process.communicate()
+    assert process.returncode == 2 and b"JWT_SECRET" in err
