@@ -44,19 +44,20 @@ def with_secret(config: Config) -> Config:
 
 
 def serve(config: Config) -> None:
+    development = config.embedded_database
     config = with_development_defaults(config)
     asyncio.run(apply_migrations(config.database_url))
     from .app import create_app
     from .server import serve_until_signalled
 
-    asyncio.run(serve_until_signalled(create_app(config), config, on_ready=lambda: announce(config)))
+    asyncio.run(serve_until_signalled(create_app(config), config, on_ready=lambda: announce(config, development)))
 
 
-def announce(config: Config) -> None:
+def announce(config: Config, development: bool) -> None:
     """The ready line; in development mode also a token and commands to try."""
     base = f"http://{config.host}:{config.port}"
-    log.info("server.ready", url=base, embedded_database=config.embedded_database)
-    if not config.embedded_database:
+    log.info("server.ready", url=base, embedded_database=development)
+    if not development:
         return
     token = issue_token(config.jwt_secret, "developer", "admin", DEV_TOKEN_TTL)
     auth = '-H "Authorization: Bearer $TOKEN"'
