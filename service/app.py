@@ -9,11 +9,13 @@ from aiohttp import web
 from aiohttp.http_websocket import WSCloseCode
 
 from .config import Config
+from .cors import cors
 from .http_middlewares import json_errors, request_context
+from .metrics import http_metrics, setup_metrics
 from .pg_listener import PgListener
 from .routes import setup_routes
 from .subscription_hub import SubscriptionHub
-from .typedefs import config_key, db_pool_key, hub_key, listener_key
+from .typedefs import config_key, db_pool_key, hub_key, listener_key, listener_task_key, metrics_key
 
 log = structlog.get_logger(__name__)
 
@@ -22,8 +24,12 @@ def create_app(config: Config) -> web.Application:
     """Needs config.database_url and config.jwt_secret set (see __main__ for development mode)."""
     if not config.database_url or not config.jwt_secret:
         raise ValueError("create_app needs database_url and jwt_secret")
-    app = web.Application(middlewares=[request_context, json_errors], client_max_size=config.max_body_bytes)
+    # http_metrics outermost, to count the status the client finally got; cors outside
+    # json_errors, so error answers carry CORS headers too.
+    app = web.Application(middlewares=[http_metrics, request_context, cors, json_errors],
+                          client_max_size=config.max_body_bytes)
     app[config_key] = config
+    setup_metrics(app)
     setup_routes(app)
     # In dependency order: the pool, then the hub that reads through it, then the listener and
     # the reconcile that feed the hub.
@@ -63,7 +69,8 @@ async def listener_ctx(app: web.Application):
         backoff_max=config.listener_backoff_max_seconds,
     )
     app[listener_key] = listener
-    async with background(listener.run()):
+    async with background(listener.run()) as task:
+        app[listener_task_key] = task
         # Start serving with push already live when the database is there; if it is not,
         # start anyway: /readyz says 503 until the listener connects.
         if not await listener.wait_connected(timeout=5):
@@ -72,16 +79,17 @@ async def listener_ctx(app: web.Application):
 
 
 async def reconcile_ctx(app: web.Application):
-    async with background(reconcile_forever(app[hub_key], app[config_key].reconcile_interval_seconds)):
+    async with background(reconcile_forever(app[hub_key], app[config_key].reconcile_interval_seconds,
+                                            app[metrics_key].reconcile_corrections)):
         yield
 
 
-async def reconcile_forever(hub: SubscriptionHub, interval: float) -> None:
+async def reconcile_forever(hub: SubscriptionHub, interval: float, corrections) -> None:
     """Catches what a silently dead listener missed; cheap: one query over watched executions."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await hub.reconcile()
+            corrections.inc(await hub.reconcile())
         except Exception:  # the database may be down; try again next period
             log.warning("reconcile.failed", exc_info=True)
 

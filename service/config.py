@@ -29,6 +29,7 @@ class Config:
     listener_backoff_min_seconds: float = 0.1
     listener_backoff_max_seconds: float = 5.0
     shutdown_timeout_seconds: float = 10.0
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def embedded_database(self) -> bool:
@@ -60,6 +61,12 @@ def load_config(path: str | os.PathLike | None = None, environ: dict | None = No
 
 
 def _coerce(name: str, kind: type, value):
+    if kind == tuple[str, ...]:
+        # A TOML list, or from the environment one string: "https://a.example, https://b.example".
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+            raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+        return tuple(item.rstrip("/") for item in items)
     try:
         return kind(value)
     except (TypeError, ValueError) as exc:

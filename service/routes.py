@@ -2,13 +2,15 @@
 
 from aiohttp import web
 
-from . import health_handlers, rest_handlers, ws_handlers
+from . import health_handlers, metrics, openapi, rest_handlers, ws_handlers
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_routes([
         web.get("/healthz", health_handlers.healthz),
         web.get("/readyz", health_handlers.readyz),
+        web.get("/metrics", metrics.metrics_handler),
+        web.get("/api/v1/openapi.json", openapi.openapi_handler),
         web.post("/api/v1/workflows", rest_handlers.create_workflow),
         web.get("/api/v1/workflows", rest_handlers.list_workflows),
         web.get("/api/v1/workflows/{id}", rest_handlers.get_workflow),

@@ -1,5 +1,8 @@
 """Typed application state: every key the app stores, in one place."""
 
+import asyncio
+from typing import TYPE_CHECKING
+
 import aiopg
 from aiohttp import web
 
@@ -7,7 +10,13 @@ from .config import Config
 from .pg_listener import PgListener
 from .subscription_hub import SubscriptionHub
 
+if TYPE_CHECKING:  # metrics.py imports this module
+    from .metrics import Metrics
+
 config_key = web.AppKey("config", Config)
 db_pool_key = web.AppKey("db_pool", aiopg.Pool)
 hub_key = web.AppKey("hub", SubscriptionHub)
 listener_key = web.AppKey("listener", PgListener)
+# The listener's run() task: done means it crashed, and the systemd watchdog stops pinging.
+listener_task_key = web.AppKey("listener_task", asyncio.Task)
+metrics_key: web.AppKey["Metrics"] = web.AppKey("metrics")

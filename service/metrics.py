@@ -1,0 +1,118 @@
+"""Prometheus metrics: one registry per app (several apps in one process never clash), /metrics."""
+
+import asyncio
+import datetime
+import time
+
+from aiohttp import hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .typedefs import hub_key, listener_key, metrics_key
+
+# Commit-to-send latency buckets: push is meant to take milliseconds; the tail shows reconciles.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Every metric the service exports, registered in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "aiagent_http_requests", "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"], registry=self.registry)
+        self.open_sockets = Gauge(
+            "aiagent_open_sockets", "WebSocket connections currently open.", registry=self.registry)
+        # The push path (subscription_hub.py, socket_outbox.py) records these four.
+        self.messages_sent = Counter(
+            "aiagent_messages_sent", "Messages written to WebSockets, by message type.",
+            ["type"], registry=self.registry)
+        self.commit_to_send_seconds = Histogram(
+            "aiagent_commit_to_send_seconds",
+            "Seconds from a change's commit in PostgreSQL to its message leaving on a socket.",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.reconcile_corrections = Counter(
+            "aiagent_reconcile_corrections",
+            "Changes a periodic reconcile found that no notification had announced.", registry=self.registry)
+        self.slow_client_closes = Counter(
+            "aiagent_slow_client_closes", "Sockets closed with 1013 because the client could not keep up, "
+            "by reason (queue_full, send_timeout).", ["reason"], registry=self.registry)
+
+    def observe_commit_to_send(self, committed_at: datetime.datetime) -> None:
+        """Record one message's latency from the commit timestamp of the row it carries."""
+        self.commit_to_send_seconds.observe(max(0.0, time.time() - committed_at.timestamp()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class AppStateCollector:
+    """Read at scrape time from the app's listener and hub, so those need no metrics code."""
+
+    def __init__(self, app: web.Application):
+        self._app = app
+
+    def describe(self):
+        return []  # nothing to describe before the app has started
+
+    def collect(self):
+        listener = self._app.get(listener_key)
+        if listener is not None:
+            yield CounterMetricFamily(
+                "aiagent_listener_notifications", "Notifications the LISTEN connection received.",
+                value=listener.notifications)
+            yield CounterMetricFamily(
+                "aiagent_listener_reconnects", "Times the LISTEN connection was lost and reopened.",
+                value=listener.reconnects)
+            yield GaugeMetricFamily(
+                "aiagent_listener_connected", "1 while the LISTEN connection is up.",
+                value=1 if listener.connected else 0)
+        hub = self._app.get(hub_key)
+        if hub is not None:
+            yield GaugeMetricFamily(
+                "aiagent_subscriptions", "Execution subscriptions held by open sockets.",
+                value=hub.subscription_count)
+
+
+def setup_metrics(app: web.Application) -> Metrics:
+    metrics = Metrics()
+    metrics.registry.register(AppStateCollector(app))
+    app[metrics_key] = metrics
+    return metrics
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """GET /metrics, Prometheus text format; open like /healthz (bind it to an internal interface)."""
+    body = request.app[metrics_key].render()
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
+
+
+def route_label(request: web.Request) -> str:
+    """The route template, never the raw path (ids would make one series per execution)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def http_metrics(request: web.Request, handler):
+    """Count every request by route and final status; a WebSocket counts as open while it lives."""
+    metrics = request.app[metrics_key]
+    websocket = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    if websocket:
+        metrics.open_sockets.inc()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # client gone, or the server shutting down
+        raise
+    finally:
+        if websocket:
+            metrics.open_sockets.dec()
+        metrics.http_requests.labels(route_label(request), request.method, str(status)).inc()

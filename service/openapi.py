@@ -1,0 +1,179 @@
+"""The REST API as OpenAPI 3, generated from the marshmallow schemas in schemas.py: /api/v1/openapi.json.
+
+OPERATIONS is the documentation's route table; tests/test_openapi.py fails when a route in
+routes.py has no entry here, so the document cannot fall behind the API.
+"""
+
+import dataclasses
+import functools
+
+import marshmallow
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from aiohttp import web
+from marshmallow import fields
+
+from . import schemas
+
+OPENAPI_VERSION = "3.0.3"
+SECURITY_SCHEME = "bearerAuth"
+
+
+class ErrorDetail(marshmallow.Schema):
+    code = fields.String(required=True, metadata={"example": "validation_failed"})
+    message = fields.String(required=True)
+    details = fields.Dict(required=True, metadata={
+        "description": "validation_failed: `fields` maps each field to its messages"})
+
+
+class Error(marshmallow.Schema):
+    """The one shape of every error answer."""
+
+    error = fields.Nested(ErrorDetail, required=True)
+
+
+class WorkflowPage(marshmallow.Schema):
+    items = fields.List(fields.Nested(schemas.WorkflowOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next page; null on the last page"})
+
+
+class ExecutionPage(marshmallow.Schema):
+    items = fields.List(fields.Nested(schemas.ExecutionOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next page; null on the last page"})
+
+
+class Health(marshmallow.Schema):
+    status = fields.String(required=True)
+    checks = fields.Dict(keys=fields.String(), values=fields.Boolean())
+
+
+ERROR_MEANINGS = {
+    400: "the body is not valid JSON",
+    401: "missing, invalid or expired bearer token",
+    403: "not allowed for this role",
+    404: "no such resource, or not yours (the two look the same)",
+    409: "an illegal status transition (the execution is unchanged)",
+    413: "the body is larger than max_body_bytes",
+    422: "validation failed; details.fields has the messages per field",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    ok: int = 200
+    response: type[marshmallow.Schema] | None = None
+    body: type[marshmallow.Schema] | None = None
+    query: type[marshmallow.Schema] | None = None
+    errors: tuple[int, ...] = (401,)
+    authenticated: bool = True
+    content_type: str = "application/json"
+    tag: str = "executions"
+
+
+OPERATIONS = (
+    Operation("post", "/api/v1/workflows", "createWorkflow", "Create a workflow (its nodes are fixed)",
+              201, schemas.WorkflowOut, body=schemas.WorkflowCreate, errors=(400, 401, 413, 422),
+              tag="workflows"),
+    Operation("get", "/api/v1/workflows", "listWorkflows", "List workflows you can see, newest first",
+              response=WorkflowPage, query=schemas.ListQuery, errors=(401, 422), tag="workflows"),
+    Operation("get", "/api/v1/workflows/{id}", "getWorkflow", "Read one workflow",
+              response=schemas.WorkflowOut, errors=(401, 404), tag="workflows"),
+    Operation("post", "/api/v1/executions", "createExecution", "Start an execution of a workflow (pending)",
+              201, schemas.ExecutionOut, body=schemas.ExecutionCreate, errors=(400, 401, 413, 422)),
+    Operation("get", "/api/v1/executions", "listExecutions", "List executions you can see, newest first",
+              response=ExecutionPage, query=schemas.ExecutionListQuery, errors=(401, 422)),
+    Operation("get", "/api/v1/executions/{id}", "getExecution", "Read one execution",
+              response=schemas.ExecutionOut, errors=(401, 404)),
+    Operation("patch", "/api/v1/executions/{id}", "patchExecution",
+              "Report progress (workers and admins): status, progress, message, result, error",
+              response=schemas.ExecutionOut, body=schemas.ExecutionPatch,
+              errors=(400, 401, 403, 404, 409, 413, 422)),
+    Operation("get", "/healthz", "healthz", "Liveness: the process answers", response=Health,
+              errors=(), authenticated=False, tag="operations"),
+    Operation("get", "/readyz", "readyz", "Readiness: database reachable and listener connected (else 503)",
+              response=Health, errors=(503,), authenticated=False, tag="operations"),
+    Operation("get", "/metrics", "metrics", "Prometheus metrics (text exposition format)",
+              errors=(), authenticated=False, content_type="text/plain", tag="operations"),
+    Operation("get", "/api/v1/openapi.json", "openapi", "This document",
+              errors=(), authenticated=False, tag="operations"),
+)
+
+
+def _operation(op: Operation) -> dict:
+    ok: dict = {"description": "OK" if op.ok == 200 else "Created"}
+    if op.response is not None:
+        ok["content"] = {op.content_type: {"schema": op.response}}
+    elif op.content_type != "application/json":
+        ok["content"] = {op.content_type: {"schema": {"type": "string"}}}
+    else:
+        ok["content"] = {op.content_type: {"schema": {"type": "object"}}}
+    responses = {str(op.ok): ok}
+    for status in op.errors:
+        if status == 503:
+            responses["503"] = {"description": "not ready", "content": {"application/json": {"schema": Health}}}
+        else:
+            responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
+    operation: dict = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
+                       "responses": responses}
+    operation["security"] = [{SECURITY_SCHEME: []}] if op.authenticated else []
+    parameters = []
+    if "{id}" in op.path:
+        parameters.append({"in": "path", "name": "id", "required": True,
+                           "schema": {"type": "string", "format": "uuid"}})
+    if op.query is not None:
+        parameters.append({"in": "query", "schema": op.query})
+    if parameters:
+        operation["parameters"] = parameters
+    if op.body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
+    return operation
+
+
+@functools.cache
+def openapi_document() -> dict:
+    """Built once, on first request."""
+    spec = APISpec(
+        title="aiagent-live",
+        version="1",
+        openapi_version=OPENAPI_VERSION,
+        plugins=[MarshmallowPlugin()],
+        info={"description": (
+            "Workflow executions, live. REST under /api/v1 with bearer JWTs (HS256; claims sub, role, exp). "
+            "Live updates come over the WebSocket GET /api/v1/ws/executions/{id}, described in the README, "
+            "since OpenAPI 3 cannot describe a WebSocket.")},
+    )
+    spec.components.security_scheme(SECURITY_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    spec.components.schema("Error", schema=Error)
+    for status, meaning in ERROR_MEANINGS.items():
+        spec.components.response(f"Error{status}", {
+            "description": meaning, "content": {"application/json": {"schema": "Error"}}})
+    paths: dict[str, dict] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
+    document = spec.to_dict()
+    # A query string cannot carry null: "absent" is how a client leaves out a filter.
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter["schema"]
+                if parameter["in"] == "query" and schema.pop("nullable", False):
+                    schema.pop("default", None)
+                    if "enum" in schema:
+                        schema["enum"] = [value for value in schema["enum"] if value is not None]
+    # Responses always carry every field (dump writes them all), so the document says so.
+    for name in ("WorkflowOut", "ExecutionOut"):
+        component = document["components"]["schemas"][name]
+        component["required"] = sorted(component["properties"])
+    return document
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
