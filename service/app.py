@@ -48,7 +48,9 @@ async def db_pool_ctx(app: web.Application):
 
 
 async def hub_ctx(app: web.Application):
-    app[hub_key] = SubscriptionHub(app[db_pool_key])
+    config = app[config_key]
+    app[hub_key] = SubscriptionHub(
+        app[db_pool_key], preview_limit=config.ws_output_preview_chars, log_tail=config.ws_log_tail)
     yield
 
 

@@ -24,6 +24,10 @@ class Config:
     ws_heartbeat_seconds: float = 30.0
     ws_outbox_capacity: int = 256
     ws_send_timeout_seconds: float = 10.0
+    ws_max_subscriptions: int = 100
+    ws_log_tail: int = 100
+    ws_output_preview_chars: int = 4096
+    max_log_batch: int = 1000
     reconcile_interval_seconds: float = 10.0
     listener_ping_seconds: float = 5.0
     listener_backoff_min_seconds: float = 0.1

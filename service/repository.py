@@ -12,14 +12,25 @@ import psycopg2.extras
 
 from .errors import Conflict
 
-# SQLSTATE raised by the migrations' triggers for an illegal change (see migrations/001).
+
+class MissingReference(Exception):
+    """A write named an execution or node that does not exist."""
+
+# SQLSTATEs raised by the migrations' triggers: an illegal change, and a missing execution.
 ILLEGAL_CHANGE = "AL409"
+NO_SUCH_EXECUTION = "AL404"
+FOREIGN_KEY_VIOLATION = "23503"
 
 EXECUTION_COLUMNS = """
     e.id::text AS id, e.workflow_id::text AS workflow_id, e.owner, e.status, e.progress, e.message,
     e.input_data, e.result, e.error, e.created_at, e.started_at, e.finished_at, e.updated_at, e.seq,
-    EXTRACT(EPOCH FROM e.finished_at - e.started_at)::float8 AS execution_time
+    e.status_seq, e.pruned_through_seq, EXTRACT(EPOCH FROM e.finished_at - e.started_at)::float8 AS execution_time
 """
+NODE_COLUMNS = """
+    n.execution_id::text AS execution_id, n.node_id, n.title, n.position, n.status, n.attempt,
+    n.started_at, n.finished_at, n.error, n.seq
+"""
+LOG_COLUMNS = "l.execution_id::text AS execution_id, l.seq, l.ts, l.level, l.node_id, l.message"
 WORKFLOW_COLUMNS = "w.id::text AS id, w.owner, w.name, w.nodes, w.created_at"
 
 # What a worker may change on an execution; everything else belongs to the database.
@@ -35,6 +46,8 @@ async def _fetch(pool: aiopg.Pool, sql: str, params=()) -> list[dict]:
             except psycopg2.Error as exc:
                 if exc.pgcode == ILLEGAL_CHANGE:
                     raise Conflict(exc.diag.message_primary or "illegal change") from exc
+                if exc.pgcode in (NO_SUCH_EXECUTION, FOREIGN_KEY_VIOLATION):
+                    raise MissingReference(exc.diag.message_primary or "missing reference") from exc
                 raise
             return list(await cur.fetchall()) if cur.description else []
 
@@ -96,6 +109,12 @@ async def get_executions(pool: aiopg.Pool, execution_ids: list[str]) -> list[dic
     )
 
 
+async def get_owners(pool: aiopg.Pool, execution_ids: list[str]) -> dict[str, str]:
+    rows = await _fetch(
+        pool, "SELECT id::text AS id, owner FROM executions WHERE id = ANY(%s::uuid[])", (execution_ids,))
+    return {row["id"]: row["owner"] for row in rows}
+
+
 async def get_execution_seqs(pool: aiopg.Pool, execution_ids: list[str]) -> dict[str, int]:
     rows = await _fetch(
         pool, "SELECT id::text AS id, seq FROM executions WHERE id = ANY(%s::uuid[])", (execution_ids,)
@@ -139,6 +158,127 @@ async def update_execution(pool: aiopg.Pool, execution_id: str, changes: dict) -
         (*params, execution_id),
     )
     return row or await get_execution(pool, execution_id)
+
+
+# -- nodes -----------------------------------------------------------------------------------
+
+async def list_nodes(pool: aiopg.Pool, execution_id: str) -> list[dict]:
+    return await _fetch(
+        pool, f"SELECT {NODE_COLUMNS}, n.output FROM execution_nodes n WHERE n.execution_id = %s "
+        "ORDER BY n.position", (execution_id,))
+
+
+async def update_node(pool: aiopg.Pool, execution_id: str, node_id: str, changes: dict) -> dict | None:
+    """Apply a worker's change to one node; the triggers enforce its state machine."""
+    assignments, params = [], []
+    for column in ("status", "output", "error"):
+        if column in changes:
+            value = changes[column]
+            assignments.append(f"{column} = %s")
+            params.append(psycopg2.extras.Json(value) if column == "output" and value is not None else value)
+    select = (f"SELECT {NODE_COLUMNS}, n.output FROM execution_nodes n "
+              "WHERE n.execution_id = %s AND n.node_id = %s")
+    if assignments:
+        row = await _fetch_one(
+            pool,
+            f"UPDATE execution_nodes AS n SET {', '.join(assignments)} "
+            f"WHERE n.execution_id = %s AND n.node_id = %s RETURNING {NODE_COLUMNS}, n.output",
+            (*params, execution_id, node_id))
+        if row is not None:
+            return row
+    return await _fetch_one(pool, select, (execution_id, node_id))
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+async def append_logs(pool: aiopg.Pool, execution_id: str, lines: list[dict]) -> list[dict]:
+    """Append a batch of lines in one statement (one transaction): all or none."""
+    return await _fetch(
+        pool,
+        f"INSERT INTO execution_logs AS l (execution_id, level, node_id, message) "
+        f"SELECT %s, x.level, x.node_id, x.message FROM jsonb_to_recordset(%s) "
+        f"AS x(level text, node_id text, message text) ORDER BY x.ord RETURNING {LOG_COLUMNS}",
+        (execution_id, psycopg2.extras.Json([{**line, "ord": i} for i, line in enumerate(lines)])))
+
+
+async def list_logs(pool: aiopg.Pool, execution_id: str, after_seq: int, limit: int) -> list[dict]:
+    return await _fetch(
+        pool, f"SELECT {LOG_COLUMNS} FROM execution_logs l WHERE l.execution_id = %s AND l.seq > %s "
+        "ORDER BY l.seq LIMIT %s", (execution_id, after_seq, limit))
+
+
+# -- cancellation and retention --------------------------------------------------------------
+
+async def cancel_execution(pool: aiopg.Pool, execution_id: str) -> dict | None:
+    await _fetch(pool, "SELECT cancel_execution(%s)", (execution_id,))
+    return await get_execution(pool, execution_id)
+
+
+async def prune_history(pool: aiopg.Pool, older_than_days: float) -> dict[str, int]:
+    """Remove logs and node history of executions finished before the cutoff; they stay readable."""
+    rows = await _fetch(pool, """
+        WITH old AS (
+            UPDATE executions SET pruned_through_seq = seq
+            WHERE finished_at < now() - make_interval(secs => %s) AND pruned_through_seq < seq
+            RETURNING id
+        ), logs AS (
+            DELETE FROM execution_logs WHERE execution_id IN (SELECT id FROM old) RETURNING 1
+        ), events AS (
+            DELETE FROM node_events WHERE execution_id IN (SELECT id FROM old) RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM old) AS executions, (SELECT count(*) FROM logs) AS logs,
+               (SELECT count(*) FROM events) AS node_events
+    """, (older_than_days * 86400,))
+    return dict(rows[0])
+
+
+# -- what the push path reads ----------------------------------------------------------------
+
+# Every event of the given executions after the given seqs, in seq order: the current status (if
+# it changed since), node history and log lines. One statement, so one consistent snapshot.
+EVENTS_AFTER = f"""
+    WITH wanted AS (SELECT * FROM unnest(%s::uuid[], %s::bigint[]) AS w(id, after))
+    SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq, e.owner,
+           to_jsonb(s) AS data
+    FROM wanted w JOIN executions e ON e.id = w.id,
+         LATERAL (SELECT {EXECUTION_COLUMNS}) s
+    WHERE e.status_seq > w.after
+    UNION ALL
+    SELECT 'node', v.execution_id::text, v.seq, '', to_jsonb(v) || jsonb_build_object('title', n.title)
+    FROM wanted w JOIN node_events v ON v.execution_id = w.id AND v.seq > w.after
+         JOIN execution_nodes n ON n.execution_id = v.execution_id AND n.node_id = v.node_id
+    UNION ALL
+    SELECT 'log', l.execution_id::text, l.seq, '', to_jsonb(l)
+    FROM wanted w JOIN execution_logs l ON l.execution_id = w.id AND l.seq > w.after
+    ORDER BY execution_id, seq
+"""
+
+
+async def events_after(pool: aiopg.Pool, after: dict[str, int]) -> list[dict]:
+    """What happened to each execution after its seq: status, node and log events, in seq order."""
+    ids = list(after)
+    return await _fetch(pool, EVENTS_AFTER, (ids, [after[i] for i in ids]))
+
+
+async def snapshot(pool: aiopg.Pool, execution_id: str, log_tail: int) -> list[dict]:
+    """A fresh view in one statement: the status, every node's current state, the last log lines.
+    The first row is the status (with `upto`, the execution's seq); none if it does not exist."""
+    return await _fetch(pool, f"""
+        SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq, e.owner,
+               to_jsonb(s) AS data, e.seq AS upto, e.pruned_through_seq AS pruned_through, 0 AS part
+        FROM executions e, LATERAL (SELECT {EXECUTION_COLUMNS}) s WHERE e.id = %s
+        UNION ALL
+        SELECT 'node', n.execution_id::text, n.seq, '',
+               to_jsonb(n) - 'output' || jsonb_build_object(
+                   'output_preview', left(n.output::text, 65536), 'output_size', length(n.output::text)),
+               NULL, NULL, 1
+        FROM execution_nodes n WHERE n.execution_id = %s
+        UNION ALL
+        SELECT * FROM (
+            SELECT 'log', l.execution_id::text, l.seq, '', to_jsonb(l), NULL::bigint, NULL::bigint, 2
+            FROM execution_logs l WHERE l.execution_id = %s ORDER BY l.seq DESC LIMIT %s) tail
+        ORDER BY part, seq
+    """, (execution_id, execution_id, execution_id, log_tail))
 
 
 # -- pagination ------------------------------------------------------------------------------

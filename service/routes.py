@@ -19,4 +19,5 @@ def setup_routes(app: web.Application) -> None:
         web.get("/api/v1/executions/{id}", rest_handlers.get_execution),
         web.patch("/api/v1/executions/{id}", rest_handlers.patch_execution),
         web.get("/api/v1/ws/executions/{id}", ws_handlers.execution_socket),
+        web.get("/api/v1/ws", ws_handlers.multiplexed_socket),
     ])

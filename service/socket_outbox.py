@@ -39,10 +39,6 @@ class SocketOutbox:
     def closing(self) -> bool:
         return self._close is not None
 
-    def start_after(self, execution_id: str, seq: int) -> None:
-        """Deliver only events with a seq above this one (the client's `since`)."""
-        self._cursors[execution_id] = seq
-
     def offer(self, event: Event) -> bool:
         """Queue an event without waiting; False when it was not needed or the socket is closing."""
         if self._close is not None or event.seq <= self._cursors.get(event.execution_id, 0):
@@ -56,6 +52,45 @@ class SocketOutbox:
             return False
         self._wakeup.set()
         return True
+
+    def offer_snapshot(self, execution_id: str, events: list[Event], upto: int) -> None:
+        """A fresh view of one execution, sent in the order given and standing for everything up
+        to `upto`; live events of it already queued follow it if newer."""
+        queued = self._take_queued(execution_id)
+        for event in events:
+            if not self._append(event):
+                return
+        self._cursors[execution_id] = upto
+        self._reoffer(queued)
+
+    def offer_catch_up(self, execution_id: str, events: list[Event], after: int) -> None:
+        """Every event after `after`, in seq order, ahead of live events already queued."""
+        queued = self._take_queued(execution_id)
+        self._cursors[execution_id] = after
+        self._reoffer([*events, *queued])
+
+    def _take_queued(self, execution_id: str) -> list[Event]:
+        queued = [e for e in self._queue if e.execution_id == execution_id]
+        if queued:
+            self._queue = collections.deque(e for e in self._queue if e.execution_id != execution_id)
+        return queued
+
+    def _reoffer(self, events: list[Event]) -> None:
+        for event in events:
+            self.offer(event)
+        self._wakeup.set()
+
+    def offer_feed(self, event: Event) -> None:
+        """A status from a feed subscription: deduplicated only against an execution this socket
+        also watches (a cursor per fed execution would grow without bound)."""
+        if event.execution_id in self._cursors:
+            self.offer(event)
+        elif self._close is None and self._append(event):
+            self._wakeup.set()
+
+    def forget(self, execution_id: str) -> None:
+        """Unsubscribed: drop its cursor, so a flood of subscribe/unsubscribe holds no memory."""
+        self._cursors.pop(execution_id, None)
 
     def send_text(self, text: str) -> None:
         """Queue a reply to the client (pong, error): never merged, never deduplicated."""

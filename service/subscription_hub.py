@@ -1,16 +1,35 @@
 """Which sockets watch which executions, and the one read per batch of changes that feeds them."""
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
+from collections.abc import Callable
 
 import aiopg
 import structlog
 
 from . import repository
-from .messages import Event, status_event
+from .messages import Event, event_from_row, status_event
 from .socket_outbox import SocketOutbox
 
 log = structlog.get_logger(__name__)
+
+FEED_MEMORY = 10_000  # executions whose last fed status is remembered, to not feed it twice
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedFilter:
+    """Which status changes a feed subscriber gets: `may_see(owner)` decides visibility."""
+
+    may_see: Callable[[str], bool]
+    workflow_id: str | None = None
+    status: str | None = None
+
+    def wants(self, row: dict) -> bool:
+        return (self.may_see(row["owner"])
+                and (self.workflow_id is None or row["workflow_id"] == self.workflow_id)
+                and (self.status is None or row["status"] == self.status))
 
 
 class SubscriptionHub:
@@ -20,52 +39,102 @@ class SubscriptionHub:
     own writer sends them.
     """
 
-    def __init__(self, pool: aiopg.Pool):
+    def __init__(self, pool: aiopg.Pool, *, preview_limit: int, log_tail: int):
         self._pool = pool
+        self._preview_limit = preview_limit
+        self._log_tail = log_tail
         self._watchers: dict[str, set[SocketOutbox]] = {}
         # Highest seq already offered to the watchers of each execution.
         self._published: dict[str, int] = {}
+        self._feeds: dict[SocketOutbox, FeedFilter] = {}
+        self._fed: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._emptied = asyncio.Event()
 
     @property
     def subscription_count(self) -> int:
-        return sum(len(outboxes) for outboxes in self._watchers.values())
+        return sum(len(outboxes) for outboxes in self._watchers.values()) + len(self._feeds)
+
+    # -- subscribing -------------------------------------------------------------------------
+
+    def subscribe(self, execution_id: str, outbox: SocketOutbox) -> None:
+        """Watch an execution. Register before reading the snapshot, so no change falls between."""
+        self._watchers.setdefault(execution_id, set()).add(outbox)
+        self._emptied.clear()
+
+    def unsubscribe(self, execution_id: str, outbox: SocketOutbox) -> None:
+        watchers = self._watchers.get(execution_id)
+        if watchers is not None:
+            watchers.discard(outbox)
+            if not watchers:
+                del self._watchers[execution_id]
+                self._published.pop(execution_id, None)
+        self._note_if_empty()
+
+    def subscribe_feed(self, outbox: SocketOutbox, feed: FeedFilter) -> None:
+        self._feeds[outbox] = feed
+        self._emptied.clear()
+
+    def unsubscribe_feed(self, outbox: SocketOutbox) -> None:
+        self._feeds.pop(outbox, None)
+        self._note_if_empty()
+
+    def drop(self, outbox: SocketOutbox, execution_ids) -> None:
+        """Everything a closing socket subscribed to."""
+        for execution_id in list(execution_ids):
+            self.unsubscribe(execution_id, outbox)
+        self.unsubscribe_feed(outbox)
 
     @contextlib.contextmanager
     def subscription(self, execution_id: str, outbox: SocketOutbox):
-        """Watch an execution for the duration of the block. Register before reading the snapshot."""
-        self._watchers.setdefault(execution_id, set()).add(outbox)
-        self._emptied.clear()
+        self.subscribe(execution_id, outbox)
         try:
             yield
         finally:
-            watchers = self._watchers.get(execution_id)
-            if watchers is not None:
-                watchers.discard(outbox)
-                if not watchers:
-                    del self._watchers[execution_id]
-                    self._published.pop(execution_id, None)
-                    if not self._watchers:
-                        self._emptied.set()
+            self.unsubscribe(execution_id, outbox)
 
-    async def snapshot(self, execution_id: str, outbox: SocketOutbox) -> dict | None:
-        """Read one execution now and offer it to a new socket (and to any watcher it is news to)."""
-        row = await repository.get_execution(self._pool, execution_id)
-        if row is not None:
-            event = status_event(row)
-            self._publish(event)
-            outbox.offer(event)
-        return row
+    def _note_if_empty(self) -> None:
+        if not self._watchers and not self._feeds:
+            self._emptied.set()
+
+    # -- a new subscriber's first read -------------------------------------------------------
+
+    async def current(self, execution_id: str) -> dict | None:
+        return await repository.get_execution(self._pool, execution_id)
+
+    async def owners(self, execution_ids: list[str]) -> dict[str, str]:
+        return await repository.get_owners(self._pool, execution_ids)
+
+    async def catch_up(self, execution_id: str, outbox: SocketOutbox, since: int | None, current: dict) -> dict:
+        """Offer a new subscriber (registered already) what it lacks: with `since`, every event
+        after it; without it, or when `since` is older than what is kept, a snapshot: the status,
+        every node, the last log lines, marked "resync" when it replaces a resume.
+        Returns the execution's status data."""
+        if since is not None and current["pruned_through_seq"] <= since <= current["seq"]:
+            rows = await repository.events_after(self._pool, {execution_id: since})
+            outbox.offer_catch_up(
+                execution_id, [event_from_row(row, self._preview_limit) for row in rows], after=since)
+            return current
+        rows = await repository.snapshot(self._pool, execution_id, self._log_tail)
+        head = rows[0]
+        extra = {"resync": True} if since is not None else None
+        # A final status comes first here, not last: the close waits until the snapshot is out.
+        events = [event_from_row(row, self._preview_limit, extra=extra, terminal=False) for row in rows]
+        outbox.offer_snapshot(execution_id, events, upto=head["upto"])
+        return head["data"]
+
+    # -- changes -----------------------------------------------------------------------------
 
     async def on_notified(self, announced: dict[str, int]) -> None:
         """The listener's batch: execution id -> highest seq announced. Reads only what is news."""
-        stale = [
-            execution_id for execution_id, seq in announced.items()
+        stale = {
+            execution_id: self._published.get(execution_id, 0)
+            for execution_id, seq in announced.items()
             if execution_id in self._watchers and seq > self._published.get(execution_id, 0)
-        ]
+        }
         if stale:
-            for row in await repository.get_executions(self._pool, stale):
-                self._publish(status_event(row))
+            await self._read_and_publish(stale)
+        if self._feeds:
+            await self._feed(list(announced))
 
     async def reconcile(self) -> int:
         """Re-read every watched execution; returns how many had moved without being announced."""
@@ -73,12 +142,16 @@ class SubscriptionHub:
         if not watched:
             return 0
         seqs = await repository.get_execution_seqs(self._pool, watched)
-        moved = [eid for eid, seq in seqs.items() if seq > self._published.get(eid, 0)]
+        moved = {eid: self._published.get(eid, 0) for eid, seq in seqs.items()
+                 if seq > self._published.get(eid, 0)}
         if moved:
-            for row in await repository.get_executions(self._pool, moved):
-                self._publish(status_event(row))
+            await self._read_and_publish(moved)
             log.info("hub.reconciled", moved=len(moved))
         return len(moved)
+
+    async def _read_and_publish(self, after: dict[str, int]) -> None:
+        for row in await repository.events_after(self._pool, after):
+            self._publish(event_from_row(row, self._preview_limit))
 
     def _publish(self, event: Event) -> None:
         watchers = self._watchers.get(event.execution_id)
@@ -88,15 +161,30 @@ class SubscriptionHub:
         for outbox in watchers:
             outbox.offer(event)
 
+    async def _feed(self, execution_ids: list[str]) -> None:
+        for row in await repository.get_executions(self._pool, execution_ids):
+            if self._fed.get(row["id"], 0) >= row["status_seq"]:
+                continue
+            self._fed[row["id"]] = row["status_seq"]
+            self._fed.move_to_end(row["id"])
+            if len(self._fed) > FEED_MEMORY:
+                self._fed.popitem(last=False)
+            event = None
+            for outbox, feed in list(self._feeds.items()):
+                if feed.wants(row):
+                    event = event or status_event(row, terminal=False)
+                    outbox.offer_feed(event)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
     def close_all(self, code: int, reason: str) -> None:
         """Server going away: every socket is closed after what it has queued."""
-        for watchers in self._watchers.values():
-            for outbox in watchers:
-                outbox.close(code, reason, drain=True)
+        for outbox in {*self._feeds, *(o for watchers in self._watchers.values() for o in watchers)}:
+            outbox.close(code, reason, drain=True)
 
     async def wait_until_empty(self, timeout: float) -> bool:
         """After close_all: wait for the sockets to finish closing; False if some did not in time."""
-        if not self._watchers:
+        if not self._watchers and not self._feeds:
             return True
         try:
             async with asyncio.timeout(timeout):

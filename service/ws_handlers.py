@@ -1,7 +1,10 @@
-"""The WebSocket endpoint of the original design: /api/v1/ws/executions/{id}."""
+"""WebSocket endpoints: one execution per socket (the original design) and one socket for many.
+
+GET /api/v1/ws/executions/{id}   the status, nodes and log of one execution; closes when it ends
+GET /api/v1/ws                   {"type": "subscribe", ...} for any number of executions and a feed
+"""
 
 import asyncio
-import functools
 import json
 import time
 import uuid
@@ -10,110 +13,260 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from . import messages
-from .auth import InvalidToken, token_from_request, verify_token
+from .auth import InvalidToken, Principal, token_from_request, verify_token
+from .config import Config
+from .schemas import STATUSES
 from .socket_outbox import SocketOutbox
+from .subscription_hub import FeedFilter, SubscriptionHub
 from .typedefs import config_key, hub_key
 
 log = structlog.get_logger(__name__)
 
+CLOSE_FINISHED = 1000
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
+NOT_FOUND = "no such execution"
 
 
-def parse_since(text: str | None) -> int | None:
-    """`since` as a non-negative integer; None when absent; ValueError otherwise."""
-    if text is None:
+class BadMessage(Exception):
+    """A client frame that cannot be acted on; its text goes back as an `error` message."""
+
+
+def parse_since(value) -> int | None:
+    """`since` as a non-negative integer (a query string or a JSON number); None when absent."""
+    if value is None:
         return None
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise ValueError("since must be a non-negative integer")
-    return int(text)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18:
+        return value
+    raise BadMessage("since must be a non-negative integer")
 
 
-async def close_with(ws: web.WebSocketResponse, code: int, reason: str) -> web.WebSocketResponse:
-    await ws.close(code=code, message=reason.encode())
-    return ws
+def parse_execution_id(value) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (TypeError, ValueError, AttributeError):
+        raise BadMessage(NOT_FOUND) from None
 
 
-async def execution_socket(request: web.Request) -> web.WebSocketResponse:
+class SocketSession:
+    """One open WebSocket: the token in force, its subscriptions, and its outbox."""
+
+    def __init__(self, ws: web.WebSocketResponse, principal: Principal, config: Config, hub: SubscriptionHub,
+                 *, single_execution: bool):
+        self.ws = ws
+        self.principal = principal
+        self.config = config
+        self.hub = hub
+        self.single_execution = single_execution
+        self.outbox = SocketOutbox(ws, capacity=config.ws_outbox_capacity,
+                                   send_timeout=config.ws_send_timeout_seconds,
+                                   close_on_terminal=single_execution)
+        self.subscriptions: set[str] = set()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def subscribe(self, execution_id: str, since: int | None) -> dict | None:
+        """Check, register, then read what the client lacks. None if it is not visible."""
+        if execution_id not in self.subscriptions and len(self.subscriptions) >= self.config.ws_max_subscriptions:
+            raise BadMessage(f"too many subscriptions on this socket (limit {self.config.ws_max_subscriptions})")
+        # Owners never change, so checking first means nothing of another user's execution is
+        # ever queued on this socket.
+        current = await self.hub.current(execution_id)
+        if current is None or not self.principal.may_see(current["owner"]):
+            return None
+        self.subscriptions.add(execution_id)
+        self.hub.subscribe(execution_id, self.outbox)
+        status = await self.hub.catch_up(execution_id, self.outbox, since, current)
+        log.info("ws.subscribed", execution_id=execution_id, since=since, seq=status["status_seq"])
+        return status
+
+    def unsubscribe(self, execution_id: str) -> None:
+        self.subscriptions.discard(execution_id)
+        self.hub.unsubscribe(execution_id, self.outbox)
+        self.outbox.forget(execution_id)
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def use_token(self, principal: Principal) -> None:
+        """Put a token in force; the socket closes with 4401 when it expires."""
+        self.principal = principal
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, principal.expires_at - time.time()), self._expired)
+
+    def _expired(self) -> None:
+        log.info("ws.token_expired")
+        self.outbox.close(CLOSE_UNAUTHORIZED, "token expired", drain=False)
+
+    async def refresh(self, token) -> str:
+        if not isinstance(token, str):
+            raise BadMessage("auth needs a string token")
+        try:
+            principal = verify_token(self.config.jwt_secret, token)
+        except InvalidToken as exc:
+            raise BadMessage(f"auth refused: {exc}; the previous token stays in force") from None
+        self.use_token(principal)
+        # Permissions are those of the token in force: drop what the new one may not see.
+        if self.subscriptions:
+            owners = await self.hub.owners(list(self.subscriptions))
+            for execution_id in list(self.subscriptions):
+                if not principal.may_see(owners.get(execution_id, "")):
+                    self.unsubscribe(execution_id)
+                    if self.single_execution:
+                        self.outbox.close(CLOSE_NOT_FOUND, NOT_FOUND, drain=False)
+                    else:
+                        self.outbox.send_text(messages.encode(
+                            {"type": "unsubscribed", "execution_id": execution_id, "reason": NOT_FOUND}))
+        return messages.encode({"type": "auth_ok", "sub": principal.sub, "expires_at": principal.expires_at})
+
+    # -- client frames -----------------------------------------------------------------------
+
+    async def answer(self, msg) -> None:
+        """Act on one client frame; a bad one gets an `error` and the socket stays open."""
+        try:
+            reply = await self._answer(msg)
+        except BadMessage as exc:
+            reply = messages.error(str(exc))
+        if reply is not None:
+            self.outbox.send_text(reply)
+
+    async def _answer(self, msg) -> str | None:
+        if msg.type == WSMsgType.BINARY:
+            raise BadMessage("binary frames are not supported; send JSON text")
+        if msg.type != WSMsgType.TEXT:
+            return None
+        try:
+            data = json.loads(msg.data, parse_constant=lambda name: None)
+        except (ValueError, RecursionError):
+            raise BadMessage("message is not valid JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise BadMessage('expected a JSON object with a string "type"')
+        kind = data["type"]
+        if kind == "ping":
+            return messages.pong()
+        if kind == "auth":
+            return await self.refresh(data.get("token"))
+        if not self.single_execution:
+            if kind == "subscribe":
+                return await self._subscribe_message(data)
+            if kind == "unsubscribe":
+                return self._unsubscribe_message(data)
+        raise BadMessage(f"unknown message type {kind[:40]!r}")
+
+    async def _subscribe_message(self, data: dict) -> str:
+        if "feed" in data:
+            return self._subscribe_feed(data)
+        execution_id = parse_execution_id(data.get("execution_id"))
+        since = parse_since(data.get("since"))
+        try:
+            status = await self.subscribe(execution_id, since)
+        except BadMessage as exc:
+            return messages.encode({"type": "error", "message": str(exc), "execution_id": execution_id})
+        if status is None:
+            return messages.encode({"type": "error", "message": NOT_FOUND, "execution_id": execution_id})
+        return None
+
+    def _subscribe_feed(self, data: dict) -> str:
+        if data["feed"] != "executions":
+            raise BadMessage('the only feed is "executions"')
+        workflow_id = data.get("workflow_id")
+        if workflow_id is not None:
+            workflow_id = parse_execution_id(workflow_id)
+        status = data.get("status")
+        if status is not None and status not in STATUSES:
+            raise BadMessage(f"status must be one of {', '.join(STATUSES)}")
+        self.hub.subscribe_feed(self.outbox, FeedFilter(
+            may_see=lambda owner: self.principal.may_see(owner), workflow_id=workflow_id, status=status))
+        return messages.encode({"type": "subscribed", "feed": "executions"})
+
+    def _unsubscribe_message(self, data: dict) -> str:
+        if data.get("feed") == "executions":
+            self.hub.unsubscribe_feed(self.outbox)
+            return messages.encode({"type": "unsubscribed", "feed": "executions"})
+        execution_id = parse_execution_id(data.get("execution_id"))
+        self.unsubscribe(execution_id)
+        return messages.encode({"type": "unsubscribed", "execution_id": execution_id})
+
+    # -- the socket's life -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Write until the socket closes; client frames are read by a second task, which is
+        stopped before the closing handshake (only one task at a time may receive)."""
+        reader = asyncio.create_task(self._read())
+        try:
+            close = await self.outbox.run()
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self.hub.drop(self.outbox, self.subscriptions)
+        if close is not None:
+            await self.outbox.close_socket(*close)
+        log.info("ws.closed", code=self.ws.close_code)
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                await self.answer(msg)
+        finally:
+            self.outbox.peer_gone()
+
+
+async def open_socket(request: web.Request) -> tuple[web.WebSocketResponse, Principal | None]:
+    """Accept the handshake, then authenticate: browsers cannot read an HTTP status from a refused
+    handshake, so a bad token is a close code (4401)."""
     config = request.app[config_key]
-    ws = web.WebSocketResponse(
-        heartbeat=config.ws_heartbeat_seconds, max_msg_size=config.ws_max_message_bytes,
-    )
+    ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat_seconds, max_msg_size=config.ws_max_message_bytes)
     await ws.prepare(request)
-
-    # Browsers cannot read an HTTP status from a refused handshake: refuse with a close code.
     try:
         principal = verify_token(config.jwt_secret, token_from_request(request, allow_query=True))
     except InvalidToken as exc:
-        return await close_with(ws, CLOSE_UNAUTHORIZED, str(exc))
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=str(exc).encode())
+        return ws, None
+    structlog.contextvars.bind_contextvars(sub=principal.sub)
+    return ws, principal
+
+
+async def execution_socket(request: web.Request) -> web.WebSocketResponse:
+    """/api/v1/ws/executions/{id}: the current status, then every change, then 1000 when it ends."""
+    ws, principal = await open_socket(request)
+    if principal is None:
+        return ws
+    session = SocketSession(ws, principal, request.app[config_key], request.app[hub_key], single_execution=True)
     try:
-        execution_id = str(uuid.UUID(request.match_info["id"]))
-    except ValueError:
-        return await close_with(ws, CLOSE_NOT_FOUND, "no such execution")
+        execution_id = parse_execution_id(request.match_info["id"])
+    except BadMessage:
+        await ws.close(code=CLOSE_NOT_FOUND, message=NOT_FOUND.encode())
+        return ws
+    structlog.contextvars.bind_contextvars(execution_id=execution_id)
     try:
         since = parse_since(request.query.get("since"))
-    except ValueError as exc:
-        await ws.send_str(messages.error(str(exc)))
+    except BadMessage as exc:
+        session.outbox.send_text(messages.error(str(exc)))
         since = None
-
-    structlog.contextvars.bind_contextvars(execution_id=execution_id, sub=principal.sub)
-    hub = request.app[hub_key]
-    outbox = SocketOutbox(ws, capacity=config.ws_outbox_capacity, send_timeout=config.ws_send_timeout_seconds)
-    if since is not None:
-        outbox.start_after(execution_id, since)
-
-    # Register first, then read: a change committed in between reaches the outbox either way,
-    # and the outbox drops whichever copy is not newer than what it already has.
-    with hub.subscription(execution_id, outbox):
-        row = await hub.snapshot(execution_id, outbox)
-        if row is None or not principal.may_see(row["owner"]):
-            return await close_with(ws, CLOSE_NOT_FOUND, "no such execution")
-        if row["status"] in messages.TERMINAL_STATUSES:
-            # Finished: the final status (unless the client has it already), then the close.
-            outbox.close(1000, "finished", drain=True)
-        log.info("ws.subscribed", since=since, seq=row["seq"])
-        expiry = asyncio.get_running_loop().call_later(
-            max(0.0, principal.expires_at - time.time()),
-            functools.partial(outbox.close, CLOSE_UNAUTHORIZED, "token expired", drain=False),
-        )
-        # The handler's own task writes; a second task reads client frames. Only one task at a
-        # time may receive, so the reader is stopped before the closing handshake reads the reply.
-        reader = asyncio.create_task(read_client_frames(ws, outbox))
-        try:
-            close = await outbox.run()
-        finally:
-            expiry.cancel()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        if close is not None:
-            await outbox.close_socket(*close)
-        log.info("ws.closed", code=ws.close_code)
+    status = await session.subscribe(execution_id, since)
+    if status is None:
+        await ws.close(code=CLOSE_NOT_FOUND, message=NOT_FOUND.encode())
+        return ws
+    if status["status"] in messages.TERMINAL_STATUSES:
+        # Finished: what the client lacks (perhaps nothing), then the close.
+        session.outbox.close(CLOSE_FINISHED, "finished", drain=True)
+    session.use_token(principal)
+    await session.run()
     return ws
 
 
-async def read_client_frames(ws: web.WebSocketResponse, outbox: SocketOutbox) -> None:
-    """Answer each client frame through the outbox; tell it when the client is gone."""
-    try:
-        async for msg in ws:
-            reply = handle_client_frame(msg)
-            if reply is not None:
-                outbox.send_text(reply)
-    finally:
-        outbox.peer_gone()
-
-
-def handle_client_frame(msg) -> str | None:
-    """The reply to one client frame: pong, an error, or nothing. Never raises."""
-    if msg.type == WSMsgType.BINARY:
-        return messages.error("binary frames are not supported; send JSON text")
-    if msg.type != WSMsgType.TEXT:
-        return None
-    try:
-        data = json.loads(msg.data, parse_constant=lambda name: None)
-    except (ValueError, RecursionError):
-        return messages.error("message is not valid JSON")
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        return messages.error('expected a JSON object with a string "type"')
-    if data["type"] == "ping":
-        return messages.pong()
-    return messages.error(f"unknown message type {data['type'][:40]!r}")
+async def multiplexed_socket(request: web.Request) -> web.WebSocketResponse:
+    """/api/v1/ws: subscribe and unsubscribe to executions and to the executions feed."""
+    ws, principal = await open_socket(request)
+    if principal is None:
+        return ws
+    session = SocketSession(ws, principal, request.app[config_key], request.app[hub_key], single_execution=False)
+    session.use_token(principal)
+    await session.run()
+    return ws

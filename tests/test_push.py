@@ -18,6 +18,30 @@ async def next_json(ws, timeout: float = 5.0) -> dict:
     return msg.json()
 
 
+async def next_status(ws, timeout: float = 5.0) -> dict:
+    """The next `status` message, skipping node and log messages (as an old client does)."""
+    while True:
+        message = await next_json(ws, timeout)
+        if message["type"] == "status":
+            return message
+
+
+async def drain(ws) -> list[dict]:
+    """Every message until the server closes the socket."""
+    received = []
+    while (msg := await ws.receive(timeout=5)).type == WSMsgType.TEXT:
+        received.append(msg.json())
+    assert msg.type == WSMsgType.CLOSE, msg
+    return received
+
+
+async def drain_snapshot(ws, nodes: int = 2) -> list[dict]:
+    """The connect snapshot of an execution with no log lines: the status, then each node."""
+    received = [await next_json(ws) for _ in range(1 + nodes)]
+    assert [m["type"] for m in received] == ["status"] + ["node"] * nodes
+    return received
+
+
 async def until_status(ws, status: str, timeout: float = 5.0) -> list[dict]:
     """Collect status messages until one has the given status."""
     seen = []
@@ -32,7 +56,7 @@ async def until_status(ws, status: str, timeout: float = 5.0) -> list[dict]:
 async def test_snapshot_then_sql_update_then_final_close(user, sql):
     execution = await user.create_execution()
     async with user.ws(execution["id"]) as ws:
-        snapshot = await next_json(ws)
+        snapshot = await next_status(ws)
         assert LEGACY_STATUS_FIELDS <= snapshot.keys()
         assert snapshot["type"] == "status"
         assert snapshot["execution_id"] == execution["id"]
@@ -40,13 +64,13 @@ async def test_snapshot_then_sql_update_then_final_close(user, sql):
         assert snapshot["seq"] == 1
 
         await sql.execute("UPDATE executions SET status='running', progress=40 WHERE id=%s", (execution["id"],))
-        running = await next_json(ws)
+        running = await next_status(ws)
         assert (running["status"], running["progress"], running["seq"]) == ("running", 40, 2)
 
         await sql.execute(
             "UPDATE executions SET status='completed', result='{\"answer\": 42}' WHERE id=%s", (execution["id"],)
         )
-        final = await next_json(ws)
+        final = await next_status(ws)
         assert final["status"] == "completed"
         assert final["result"] == {"answer": 42}
         assert final["progress"] == 100
@@ -61,7 +85,7 @@ async def test_sql_updates_reach_three_sockets_in_commit_order_without_duplicate
     sockets = [await user.ws(execution["id"]).__aenter__() for _ in range(3)]
     try:
         for ws in sockets:
-            assert (await next_json(ws))["seq"] == 1
+            assert (await next_status(ws))["seq"] == 1
         for progress in range(1, 21):
             status = "running"
             await sql.execute("UPDATE executions SET status=%s, progress=%s WHERE id=%s",
@@ -88,7 +112,7 @@ async def test_each_commit_is_seen_when_the_writer_waits_for_it(user, sql):
         for n in range(1, 6):
             await sql.execute("UPDATE executions SET status='running', message=%s WHERE id=%s",
                               (f"step {n}", execution["id"]))
-            message = await next_json(ws)
+            message = await next_status(ws)
             assert (message["message"], message["seq"]) == (f"step {n}", n + 1)
 
 
@@ -97,7 +121,7 @@ async def test_late_joiner_gets_the_current_status(user, worker):
     path = f"/api/v1/executions/{execution['id']}"
     await worker.request("PATCH", path, json={"status": "running", "progress": 70, "message": "almost"})
     async with user.ws(execution["id"]) as ws:
-        message = await next_json(ws)
+        message = await next_status(ws)
         assert (message["status"], message["progress"], message["message"], message["seq"]) == (
             "running", 70, "almost", 2)
 
@@ -108,9 +132,9 @@ async def test_joining_a_finished_execution_gets_the_final_status_and_1000(user,
     await worker.request("PATCH", path, json={"status": "running"})
     await worker.request("PATCH", path, json={"status": "completed", "result": [1, 2, 3]})
     async with user.ws(execution["id"]) as ws:
-        message = await next_json(ws)
+        message = await next_status(ws)
         assert (message["status"], message["result"]) == ("completed", [1, 2, 3])
-        assert (await ws.receive(timeout=5)).type == WSMsgType.CLOSE
+        assert [m["type"] for m in await drain(ws)] == ["node", "node"]
         assert ws.close_code == 1000
     # A client that already saw the final status gets just the close.
     async with user.ws(execution["id"], since=str(message["seq"])) as ws:
@@ -124,10 +148,10 @@ async def test_since_skips_what_was_already_seen(user, sql):
     async with user.ws(execution["id"], since="2") as ws:
         # Nothing newer than 2 yet: no snapshot. The first message is the next change.
         await sql.execute("UPDATE executions SET progress=20 WHERE id=%s", (execution["id"],))
-        message = await next_json(ws)
+        message = await next_status(ws)
         assert (message["seq"], message["progress"]) == (3, 20)
     async with user.ws(execution["id"], since="1") as ws:
-        message = await next_json(ws)
+        message = await next_status(ws)
         assert (message["seq"], message["progress"]) == (3, 20)
 
 
@@ -137,7 +161,7 @@ async def test_bad_since_gets_an_error_and_the_snapshot(user, since):
     async with user.ws(execution["id"], since=since) as ws:
         first = await next_json(ws)
         assert first["type"] == "error" and "since" in first["message"]
-        assert (await next_json(ws))["type"] == "status"
+        assert (await next_status(ws))["type"] == "status"
 
 
 # -- authentication and authorisation --------------------------------------------------------
@@ -167,7 +191,7 @@ async def test_access_token_query_parameter_works_for_browsers(client, user):
     execution = await user.create_execution()
     async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}",
                                  params={"access_token": user.token}) as ws:
-        assert (await next_json(ws))["execution_id"] == execution["id"]
+        assert (await next_status(ws))["execution_id"] == execution["id"]
 
 
 async def test_another_users_execution_looks_missing_4404(user, other_user):
@@ -185,7 +209,7 @@ async def test_socket_closes_with_4401_when_its_token_expires(client, user):
     execution = await user.create_execution()
     short = token_for(user.sub, ttl=2)
     async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}", params={"access_token": short}) as ws:
-        assert (await next_json(ws))["type"] == "status"
+        await drain_snapshot(ws)
         msg = await ws.receive(timeout=10)
         assert msg.type == WSMsgType.CLOSE and ws.close_code == 4401
 
@@ -195,7 +219,7 @@ async def test_socket_closes_with_4401_when_its_token_expires(client, user):
 async def test_ping_pong_and_malformed_frames_keep_the_socket_usable(user):
     execution = await user.create_execution()
     async with user.ws(execution["id"]) as ws:
-        await next_json(ws)
+        await drain_snapshot(ws)
         await ws.send_str('{"type": "ping"}')
         assert await next_json(ws) == {"type": "pong"}
         for frame in ("not json", "[1, 2]", '"ping"', "{}", '{"type": 5}', '{"type": "dance"}',
@@ -214,7 +238,7 @@ async def test_ping_pong_and_malformed_frames_keep_the_socket_usable(user):
 async def test_oversized_client_frame_closes_with_1009(user, config):
     execution = await user.create_execution()
     async with user.ws(execution["id"]) as ws:
-        await next_json(ws)
+        await drain_snapshot(ws)
         await ws.send_str('{"type": "ping", "pad": "' + "x" * config.ws_max_message_bytes + '"}')
         msg = await ws.receive(timeout=5)
         assert msg.type == WSMsgType.CLOSE and ws.close_code == 1009
@@ -230,7 +254,7 @@ async def test_protocol_heartbeat_closes_a_peer_that_does_not_answer(aiohttp_cli
     execution = await user.create_execution()
     async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}",
                                  headers=user.headers, autoping=False) as ws:
-        await next_json(ws)
+        await drain_snapshot(ws)
         # The server pings; this client never pongs, so the server gives up on it.
         deadline = asyncio.get_running_loop().time() + 10
         while True:
@@ -246,7 +270,7 @@ async def test_a_1mb_result_reaches_the_socket_intact(user, sql):
     execution = await user.create_execution()
     result = {"chunks": ["%06d" % i + "y" * 94 for i in range(10_000)], "emoji": "🚀✓"}
     async with user.ws(execution["id"]) as ws:
-        await next_json(ws)
+        await next_status(ws)
         await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (execution["id"],))
         await sql.execute("UPDATE executions SET status='completed', result=%s WHERE id=%s",
                           (json.dumps(result), execution["id"]))

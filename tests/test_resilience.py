@@ -15,7 +15,7 @@ from service.app import create_app
 from service.pg_listener import APPLICATION_NAME
 
 from .actors import Actor
-from .test_push import next_json
+from .test_push import next_status
 
 
 async def terminate_listener(database_url: str) -> None:
@@ -41,7 +41,7 @@ async def test_killed_listener_reconnects_and_every_socket_ends_with_the_latest_
     sockets = [await user.ws(e["id"]).__aenter__() for e in executions]
     try:
         for ws in sockets:
-            await next_json(ws)
+            await next_status(ws)
         assert await readiness(client) == 200
 
         async def keep_writing():
@@ -70,8 +70,9 @@ async def test_killed_listener_reconnects_and_every_socket_ends_with_the_latest_
                 msg = await ws.receive(timeout=10)
                 if msg.type != WSMsgType.TEXT:
                     break
-                last = msg.json()
-                seqs.append(last["seq"])
+                if msg.json()["type"] == "status":
+                    last = msg.json()
+                    seqs.append(last["seq"])
             assert last["status"] == "completed" and last["progress"] == 100 and last["seq"] == 62
             assert seqs == sorted(set(seqs)), "nothing pushed twice or out of order"
             assert ws.close_code == 1000, (msg, seqs)
@@ -88,12 +89,12 @@ async def test_reconcile_delivers_what_no_notification_announced(aiohttp_client,
     user = Actor(client)
     execution = await user.create_execution()
     async with user.ws(execution["id"]) as ws:
-        await next_json(ws)
+        await next_status(ws)
         await terminate_listener(config.database_url)
         await asyncio.sleep(0.2)
         await sql.execute("UPDATE executions SET status='running', message='unannounced' WHERE id=%s",
                           (execution["id"],))
-        message = await next_json(ws, timeout=5)
+        message = await next_status(ws, timeout=5)
         assert (message["message"], message["seq"]) == ("unannounced", 2)
 
 
@@ -140,7 +141,7 @@ async def test_a_client_that_never_reads_is_closed_1013_without_delaying_others(
         f"/api/v1/ws/executions/{execution['id']}?access_token={user.token}")
     try:
         async with user.ws(execution["id"]) as healthy:
-            await next_json(healthy)
+            await next_status(healthy)
             # Far more than the kernel's socket buffers hold, so the stuck socket really blocks.
             big = "z" * 1_000_000
             loop = asyncio.get_running_loop()
@@ -149,7 +150,7 @@ async def test_a_client_that_never_reads_is_closed_1013_without_delaying_others(
                 await sql.execute("UPDATE executions SET status='running', message=%s WHERE id=%s",
                                   (f"{n} {big}", execution["id"]))
                 committed = loop.time()
-                message = await next_json(healthy)
+                message = await next_status(healthy)
                 lags.append(loop.time() - committed)
                 assert message["message"].startswith(f"{n} ")
             # The healthy socket got every change promptly (well inside the stuck one's send timeout).
