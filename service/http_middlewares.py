@@ -6,7 +6,7 @@ import uuid
 
 import psycopg2
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from .errors import ApiError
 
@@ -65,7 +65,10 @@ async def json_errors(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_body(exc.status, HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+        response = error_body(exc.status, HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+        if hdrs.ALLOW in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
     except psycopg2.DataError as exc:
         # A value PostgreSQL refuses (e.g. out of range) that validation let through.
         log.warning("http.data_error", pgcode=exc.pgcode)
