@@ -5,8 +5,9 @@ import datetime
 import time
 
 from aiohttp import hdrs, web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 
 from .typedefs import hub_key, listener_key, metrics_key
 
@@ -43,8 +44,10 @@ class Metrics:
         """Record one message's latency from the commit timestamp of the row it carries."""
         self.commit_to_send_seconds.observe(max(0.0, time.time() - committed_at.timestamp()))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """The exposition format the scraper asked for (Prometheus text 0.0.4 by default, or OpenMetrics)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
 
 class AppStateCollector:
@@ -84,8 +87,8 @@ def setup_metrics(app: web.Application) -> Metrics:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """GET /metrics, Prometheus text format; open like /healthz (bind it to an internal interface)."""
-    body = request.app[metrics_key].render()
-    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
+    body, content_type = request.app[metrics_key].render(request.headers.get(hdrs.ACCEPT, ""))
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
 
 def route_label(request: web.Request) -> str:

@@ -1,0 +1,83 @@
+"""GET /metrics: Prometheus text an operator can scrape without a token, per app."""
+
+import asyncio
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import create_app
+
+from .test_resilience import terminate_listener
+from .test_push import next_json
+
+
+async def scrape(client) -> dict[tuple[str, tuple], float]:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(await response.text()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_requests_by_route_and_status_sockets_subscriptions_and_listener(client, user, sql, config):
+    execution = await user.create_execution()
+    await user.request("GET", f"/api/v1/executions/{execution['id']}")
+    await user.request("GET", "/api/v1/executions/00000000-0000-0000-0000-000000000000")
+    await client.get("/api/v1/executions")  # no token
+    await client.get("/no/such/path")
+
+    async with user.ws(execution["id"]) as ws:
+        await next_json(ws)
+        await sql.execute("UPDATE executions SET status='running', progress=5 WHERE id=%s", (execution["id"],))
+        await next_json(ws)
+        samples = await scrape(client)
+        assert value(samples, "aiagent_open_sockets") == 1
+        assert value(samples, "aiagent_subscriptions") == 1
+        assert value(samples, "aiagent_listener_connected") == 1
+        assert value(samples, "aiagent_listener_notifications_total") >= 1
+
+    route = "/api/v1/executions/{id}"
+    assert value(samples, "aiagent_http_requests_total", route=route, method="GET", status="200") == 1
+    assert value(samples, "aiagent_http_requests_total", route=route, method="GET", status="404") == 1
+    assert value(samples, "aiagent_http_requests_total", route="/api/v1/executions", method="GET",
+                 status="401") == 1
+    assert value(samples, "aiagent_http_requests_total", route="/api/v1/executions", method="POST",
+                 status="201") == 1
+    assert value(samples, "aiagent_http_requests_total", route="unmatched", method="GET", status="404") == 1
+    # One series per route, never per id.
+    assert not [key for key in samples if execution["id"] in str(key)]
+    # The push path's own series exist from the start (labelled ones appear on first use).
+    assert ("aiagent_commit_to_send_seconds_count", ()) in samples
+    assert ("aiagent_reconcile_corrections_total", ()) in samples
+
+    after = await scrape(client)
+    assert value(after, "aiagent_open_sockets") == 0
+
+
+async def test_listener_reconnects_are_counted(client, config):
+    before = value(await scrape(client), "aiagent_listener_reconnects_total")
+    await terminate_listener(config.database_url)
+    for _ in range(100):
+        samples = await scrape(client)
+        if value(samples, "aiagent_listener_reconnects_total") > before and value(
+                samples, "aiagent_listener_connected") == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert value(samples, "aiagent_listener_reconnects_total") == before + 1
+
+
+async def test_two_apps_in_one_process_keep_separate_counts(aiohttp_client, config):
+    first = await aiohttp_client(create_app(config))
+    second = await aiohttp_client(create_app(config))
+    for _ in range(3):
+        await first.get("/healthz")
+    await second.get("/healthz")
+    key = dict(route="/healthz", method="GET", status="200")
+    assert value(await scrape(first), "aiagent_http_requests_total", **key) == 3
+    assert value(await scrape(second), "aiagent_http_requests_total", **key) == 1
