@@ -119,10 +119,16 @@ class Database:
             asyncio.run(apply_migrations(url))
             with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
                 conn.autocommit = True
-                if design == "polling":
-                    # The first design had no trigger that notifies: nobody listened.
-                    cur.execute("DROP TRIGGER executions_notify ON executions")
-                elif design == "broadcaster":
+                if design != "service":
+                    # The baselines' databases lose the service's notifying triggers: the first
+                    # design had none (nobody listened), the broadcaster gets its own below.
+                    cur.execute(
+                        "SELECT t.tgname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                        "WHERE t.tgrelid = 'executions'::regclass AND NOT t.tgisinternal "
+                        "AND p.prosrc LIKE '%%pg_notify%%'")
+                    for (trigger,) in cur.fetchall():
+                        cur.execute(f'DROP TRIGGER "{trigger}" ON executions')
+                if design == "broadcaster":
                     cur.execute((BENCH_DIR / "baseline_broadcaster.sql").read_text())
             self.urls[design] = url
 
