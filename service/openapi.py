@@ -44,6 +44,19 @@ class ExecutionPage(marshmallow.Schema):
         "description": "pass as `cursor` for the next page; null on the last page"})
 
 
+class NodeList(marshmallow.Schema):
+    items = fields.List(fields.Nested(schemas.NodeOut), required=True)
+
+
+class LogList(marshmallow.Schema):
+    items = fields.List(fields.Nested(schemas.LogOut), required=True)
+
+
+class LogPage(LogList):
+    next_after_seq = fields.Integer(required=True, allow_none=True, metadata={
+        "description": "pass as `after_seq` for the next page; null on the last page"})
+
+
 class Health(marshmallow.Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.Boolean())
@@ -54,7 +67,7 @@ ERROR_MEANINGS = {
     401: "missing, invalid or expired bearer token",
     403: "not allowed for this role",
     404: "no such resource, or not yours (the two look the same)",
-    409: "an illegal status transition (the execution is unchanged)",
+    409: "an illegal change, e.g. a status transition or a write to a finished execution (nothing changed)",
     413: "the body is larger than max_body_bytes",
     422: "validation failed; details.fields has the messages per field",
 }
@@ -95,6 +108,22 @@ OPERATIONS = (
               "Report progress (workers and admins): status, progress, message, result, error",
               response=schemas.ExecutionOut, body=schemas.ExecutionPatch,
               errors=(400, 401, 403, 404, 409, 413, 422)),
+    Operation("post", "/api/v1/executions/{id}/cancel", "cancelExecution",
+              "Cancel a pending or running execution (its owner, a worker or an admin)",
+              response=schemas.ExecutionOut, errors=(401, 404, 409)),
+    Operation("get", "/api/v1/executions/{id}/nodes", "listNodes", "The execution's nodes, in workflow order",
+              response=NodeList, errors=(401, 404), tag="nodes"),
+    Operation("patch", "/api/v1/executions/{id}/nodes/{node_id}", "patchNode",
+              "Report a node's status, output or error (workers and admins)",
+              response=schemas.NodeOut, body=schemas.NodePatch, errors=(400, 401, 403, 404, 409, 413, 422),
+              tag="nodes"),
+    Operation("get", "/api/v1/executions/{id}/logs", "listLogs", "The execution's log, oldest first, by seq",
+              response=LogPage, query=schemas.LogQuery, errors=(401, 404, 422), tag="logs"),
+    Operation("post", "/api/v1/executions/{id}/logs", "appendLogs",
+              "Append one log line, or a batch as {\"lines\": [...]}, all or none (workers and admins)",
+              201, LogList, body=(schemas.LogLine, schemas.LogBatch),
+              errors=(400, 401, 403, 404, 409, 413, 422),
+              tag="logs"),
     Operation("get", "/healthz", "healthz", "Liveness: the process answers", response=Health,
               errors=(), authenticated=False, tag="operations"),
     Operation("get", "/readyz", "readyz", "Readiness: database reachable and listener connected (else 503)",
@@ -175,10 +204,10 @@ def openapi_document() -> dict:
                         schema["enum"] = [value for value in schema["enum"] if value is not None]
     components = document["components"]["schemas"]
     # Responses always carry every field (dump writes them all), so the document says so.
-    for name in ("WorkflowOut", "ExecutionOut"):
+    for name in ("WorkflowOut", "ExecutionOut", "NodeOut", "LogOut"):
         components[name]["required"] = sorted(components[name]["properties"])
     # What a validates_schema hook enforces, said in JSON Schema: a PATCH changes something.
-    for name in ("ExecutionPatch",):
+    for name in ("ExecutionPatch", "NodePatch"):
         components[name]["minProperties"] = 1
     return document
 
