@@ -1,0 +1,127 @@
+"""Property: whatever the interleaving of writes and disconnects, a client that resumes with
+`since` assembles exactly the node and log events stored, in order, and ends on the final status."""
+
+import asyncio
+import dataclasses
+
+import aiopg
+import psycopg2
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.app import create_app
+
+from .actors import Actor
+
+NODES = ("a", "b", "c")
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("log"), st.sampled_from(("debug", "info", "warning", "error")), st.text(max_size=30)),
+    st.tuples(st.just("node"), st.sampled_from(NODES),
+              st.sampled_from(("running", "completed", "failed", "skipped"))),
+    st.tuples(st.just("progress"), st.integers(0, 100)),
+    st.tuples(st.just("log_batch"), st.integers(2, 5)),
+    st.just(("disconnect",)),
+    st.just(("reconnect",)),
+    st.just(("pause",)),
+), min_size=1, max_size=30)
+
+
+class ResumingClient:
+    """Keeps what it received; after a disconnect, reconnects with since = the last seq it saw."""
+
+    def __init__(self, actor: Actor, execution_id: str):
+        self.actor, self.execution_id = actor, execution_id
+        self.received: list[dict] = []
+        self.last_seq = 0
+        self.ws = None
+        self.reader: asyncio.Task | None = None
+        self.close_code = None
+
+    async def connect(self) -> None:
+        self.ws = await self.actor.ws(self.execution_id, since=str(self.last_seq)).__aenter__()
+        self.reader = asyncio.create_task(self._read(self.ws))
+
+    async def _read(self, ws) -> None:
+        while (msg := await ws.receive()).type == WSMsgType.TEXT:
+            message = msg.json()
+            assert "resync" not in message
+            self.received.append(message)
+            self.last_seq = max(self.last_seq, message["seq"])
+        self.close_code = ws.close_code
+
+    async def disconnect(self) -> None:
+        self.reader.cancel()
+        await asyncio.gather(self.reader, return_exceptions=True)
+        await self.ws.close()
+        self.ws = None
+
+    async def finish(self) -> None:
+        await asyncio.wait_for(self.reader, 10)
+
+
+async def scenario(config, operations) -> None:
+    async with TestClient(TestServer(create_app(config))) as client:
+        user = Actor(client)
+        workflow = await user.create_workflow(nodes=[(n, n.upper()) for n in NODES])
+        execution = await user.create_execution(workflow["id"])
+        eid = execution["id"]
+        async with aiopg.connect(config.database_url, enable_hstore=False) as conn:
+            async with conn.cursor() as sql:
+                await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (eid,))
+                watcher = ResumingClient(user, eid)
+                await watcher.connect()
+                for operation in operations:
+                    kind = operation[0]
+                    if kind == "disconnect" and watcher.ws is not None:
+                        await watcher.disconnect()
+                    elif kind == "reconnect" and watcher.ws is None:
+                        await watcher.connect()
+                    elif kind == "pause":
+                        await asyncio.sleep(0.01)
+                    else:
+                        await write(sql, eid, operation)
+                if watcher.ws is None:
+                    await watcher.connect()
+                await sql.execute("UPDATE executions SET status='completed' WHERE id=%s", (eid,))
+                await watcher.finish()
+
+                await sql.execute(
+                    "SELECT seq, 'node', node_id, status FROM node_events WHERE execution_id=%s "
+                    "UNION ALL SELECT seq, 'log', level, message FROM execution_logs WHERE execution_id=%s "
+                    "ORDER BY 1", (eid, eid))
+                stored = [tuple(row) for row in await sql.fetchall()]
+
+        events = [m for m in watcher.received if m["type"] in ("node", "log")]
+        assembled = [(m["seq"], "node", m["node_id"], m["status"]) if m["type"] == "node"
+                     else (m["seq"], "log", m["level"], m["message"]) for m in events]
+        assert assembled == stored
+        seqs = [m["seq"] for m in watcher.received]
+        assert seqs == sorted(set(seqs)), "nothing repeated, nothing out of order"
+        assert watcher.received[-1]["type"] == "status" and watcher.received[-1]["status"] == "completed"
+        assert watcher.close_code == 1000
+
+
+async def write(sql, eid: str, operation) -> None:
+    kind = operation[0]
+    try:
+        if kind == "log":
+            await sql.execute("INSERT INTO execution_logs (execution_id, level, message) VALUES (%s, %s, %s)",
+                              (eid, operation[1], operation[2].replace("\x00", "")))
+        elif kind == "log_batch":
+            await sql.execute("INSERT INTO execution_logs (execution_id, message) "
+                              "SELECT %s, 'batch line ' || n FROM generate_series(1, %s) n", (eid, operation[1]))
+        elif kind == "node":
+            await sql.execute("UPDATE execution_nodes SET status=%s WHERE execution_id=%s AND node_id=%s",
+                              (operation[2], eid, operation[1]))
+        elif kind == "progress":
+            await sql.execute("UPDATE executions SET progress=%s WHERE id=%s", (operation[1], eid))
+    except psycopg2.Error:
+        pass  # an illegal transition: refused, nothing stored, nothing to deliver
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=OPERATIONS)
+def test_a_resuming_client_assembles_the_stored_sequence(config, operations):
+    asyncio.run(scenario(dataclasses.replace(config, ws_log_tail=0), operations))
