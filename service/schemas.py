@@ -60,11 +60,11 @@ class WorkflowCreate(marshmallow.Schema):
         if not value.strip():
             raise marshmallow.ValidationError("must not be blank")
 
-    @marshmallow.validates("nodes")
-    def _unique_node_ids(self, value, **_):
-        ids = [node["id"] for node in value]
+    @marshmallow.validates_schema(skip_on_field_errors=True)
+    def _unique_node_ids(self, data, **_):
+        ids = [node["id"] for node in data.get("nodes", [])]
         if len(ids) != len(set(ids)):
-            raise marshmallow.ValidationError("node ids must be unique")
+            raise marshmallow.ValidationError("node ids must be unique", "nodes")
 
 
 class ExecutionCreate(marshmallow.Schema):

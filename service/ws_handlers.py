@@ -199,15 +199,21 @@ class SocketSession:
         reader = asyncio.create_task(self._read())
         try:
             close = await self.outbox.run()
+            await self._stop_reading(reader)
+            if close is not None:
+                await self.outbox.close_socket(*close)
         finally:
-            if self._expiry is not None:
-                self._expiry.cancel()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            await self._stop_reading(reader)
+            # Leave the hub only now: a shutdown waits for the hub to empty, so every closing
+            # handshake (1001) completes first.
             self.hub.drop(self.outbox, self.subscriptions)
-        if close is not None:
-            await self.outbox.close_socket(*close)
         log.info("ws.closed", code=self.ws.close_code)
+
+    async def _stop_reading(self, reader: asyncio.Task) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
     async def _read(self) -> None:
         try:
