@@ -25,6 +25,9 @@ class Config:
     ws_outbox_capacity: int = 256
     ws_send_timeout_seconds: float = 10.0
     ws_max_subscriptions: int = 100
+    ws_max_sockets_per_subject: int = 50
+    ws_messages_per_second: float = 20.0
+    ws_message_burst: int = 50
     ws_log_tail: int = 100
     ws_output_preview_chars: int = 4096
     max_log_batch: int = 1000
