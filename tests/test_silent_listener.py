@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import dataclasses
 
+import pytest
 from psycopg2.extensions import parse_dsn
 
 from service.app import create_app
@@ -69,54 +70,51 @@ class FreezableProxy:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def test_reconcile_delivers_while_the_listener_is_a_black_hole(aiohttp_client, config, sql):
+@pytest.fixture
+async def proxy(config):
+    """The proxy, and the database URL that goes through it."""
     params = parse_dsn(config.database_url)
     proxy = FreezableProxy(f"{params['host']}/.s.PGSQL.{params.get('port', '5432')}")
     port = await proxy.start()
-    proxied = f"postgresql://{params['user']}@127.0.0.1:{port}/{params['dbname']}"
-    try:
-        config = dataclasses.replace(config, database_url=proxied, reconcile_interval_seconds=0.5,
-                                     listener_ping_seconds=30)
-        client = await aiohttp_client(create_app(config))
-        user = Actor(client)
-        execution = await user.create_execution()
-        async with user.ws(execution["id"]) as ws:
-            await next_status(ws)
-            proxy.freeze_listener()
-            await sql.execute("UPDATE executions SET status='running', message='during the freeze' WHERE id=%s",
-                              (execution["id"],))
-            started = asyncio.get_running_loop().time()
-            message = await next_status(ws, timeout=5)
-            assert (message["message"], message["seq"]) == ("during the freeze", 2)
-            # Within the reconcile period (plus scheduling), though no notification arrived.
-            assert asyncio.get_running_loop().time() - started < 3
-            assert client.app[listener_key].connected, "the listener still believes it is connected"
-    finally:
-        await proxy.stop()
+    proxy.url = f"postgresql://{params['user']}@127.0.0.1:{port}/{params['dbname']}"
+    yield proxy
+    await proxy.stop()
 
 
-async def test_an_unanswered_ping_replaces_a_silent_listener(aiohttp_client, config, sql):
-    params = parse_dsn(config.database_url)
-    proxy = FreezableProxy(f"{params['host']}/.s.PGSQL.{params.get('port', '5432')}")
-    port = await proxy.start()
-    proxied = f"postgresql://{params['user']}@127.0.0.1:{port}/{params['dbname']}"
-    try:
-        config = dataclasses.replace(config, database_url=proxied, reconcile_interval_seconds=60,
-                                     listener_ping_seconds=0.5)
-        client = await aiohttp_client(create_app(config))
-        listener = client.app[listener_key]
+async def test_reconcile_delivers_while_the_listener_is_a_black_hole(aiohttp_client, config, proxy, sql):
+    config = dataclasses.replace(config, database_url=proxy.url, reconcile_interval_seconds=0.5,
+                                 listener_ping_seconds=30)
+    client = await aiohttp_client(create_app(config))
+    user = Actor(client)
+    execution = await user.create_execution()
+    async with user.ws(execution["id"]) as ws:
+        await next_status(ws)
         proxy.freeze_listener()
-        for _ in range(100):
-            if listener.reconnects >= 1 and listener.connected:
-                break
-            await asyncio.sleep(0.1)
-        assert listener.reconnects >= 1 and listener.connected
+        await sql.execute("UPDATE executions SET status='running', message='during the freeze' WHERE id=%s",
+                          (execution["id"],))
+        started = asyncio.get_running_loop().time()
+        message = await next_status(ws, timeout=5)
+        assert (message["message"], message["seq"]) == ("during the freeze", 2)
+        # Within the reconcile period (plus scheduling), though no notification arrived.
+        assert asyncio.get_running_loop().time() - started < 3
+        assert client.app[listener_key].connected, "the listener still believes it is connected"
 
-        user = Actor(client)
-        execution = await user.create_execution()
-        async with user.ws(execution["id"]) as ws:
-            await next_status(ws)
-            await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (execution["id"],))
-            assert (await next_status(ws, timeout=2))["status"] == "running", "pushed by the new listener"
-    finally:
-        await proxy.stop()
+
+async def test_an_unanswered_ping_replaces_a_silent_listener(aiohttp_client, config, proxy, sql):
+    config = dataclasses.replace(config, database_url=proxy.url, reconcile_interval_seconds=60,
+                                 listener_ping_seconds=0.5)
+    client = await aiohttp_client(create_app(config))
+    listener = client.app[listener_key]
+    proxy.freeze_listener()
+    for _ in range(100):
+        if listener.reconnects >= 1 and listener.connected:
+            break
+        await asyncio.sleep(0.1)
+    assert listener.reconnects >= 1 and listener.connected
+
+    user = Actor(client)
+    execution = await user.create_execution()
+    async with user.ws(execution["id"]) as ws:
+        await next_status(ws)
+        await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (execution["id"],))
+        assert (await next_status(ws, timeout=2))["status"] == "running", "pushed by the new listener"
