@@ -87,15 +87,21 @@ class PgListener:
             delay = min(delay * 2, self._backoff_max)
 
     async def _pump(self, conn: aiopg.Connection) -> None:
+        notifies = conn.notifies
         while True:
-            try:
-                first = await asyncio.wait_for(conn.notifies.get(), self._ping_seconds)
-            except asyncio.TimeoutError:
-                await self._ping(conn)
-                continue
+            if notifies.empty():
+                # asyncio.timeout, not wait_for: no Task per notification.
+                try:
+                    async with asyncio.timeout(self._ping_seconds):
+                        first = await notifies.get()
+                except TimeoutError:
+                    await self._ping(conn)
+                    continue
+            else:
+                first = notifies.get_nowait()
             batch = [first]
-            while not conn.notifies.empty():
-                batch.append(conn.notifies.get_nowait())
+            while not notifies.empty():
+                batch.append(notifies.get_nowait())
             self.notifications += len(batch)
             announced: dict[str, int] = {}
             for notification in batch:
