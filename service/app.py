@@ -13,6 +13,7 @@ from .cors import cors
 from .http_middlewares import json_errors, request_context
 from .metrics import http_metrics, setup_metrics
 from .pg_listener import PgListener
+from .repository import PushReader
 from .routes import setup_routes
 from .subscription_hub import SubscriptionHub
 from .typedefs import config_key, db_pool_key, hub_key, listener_key, listener_task_key, metrics_key
@@ -49,9 +50,12 @@ async def db_pool_ctx(app: web.Application):
 
 async def hub_ctx(app: web.Application):
     config = app[config_key]
-    app[hub_key] = SubscriptionHub(
-        app[db_pool_key], preview_limit=config.ws_output_preview_chars, log_tail=config.ws_log_tail)
+    hub = SubscriptionHub(
+        app[db_pool_key], PushReader(config.database_url), preview_limit=config.ws_output_preview_chars,
+        log_tail=config.ws_log_tail, metrics=app[metrics_key])
+    app[hub_key] = hub
     yield
+    hub.close()
 
 
 async def close_sockets(app: web.Application) -> None:
@@ -81,17 +85,17 @@ async def listener_ctx(app: web.Application):
 
 
 async def reconcile_ctx(app: web.Application):
-    async with background(reconcile_forever(app[hub_key], app[config_key].reconcile_interval_seconds,
-                                            app[metrics_key].reconcile_corrections)):
+    async with background(reconcile_forever(app[hub_key], app[config_key].reconcile_interval_seconds)):
         yield
 
 
-async def reconcile_forever(hub: SubscriptionHub, interval: float, corrections) -> None:
-    """Catches what a silently dead listener missed; cheap: one query over watched executions."""
+async def reconcile_forever(hub: SubscriptionHub, interval: float) -> None:
+    """Catches what a silently dead listener missed; cheap: one query over watched executions.
+    (The hub counts what each reconcile corrects, this one's and the listener's after a reconnect.)"""
     while True:
         await asyncio.sleep(interval)
         try:
-            corrections.inc(await hub.reconcile())
+            await hub.reconcile()
         except Exception:  # the database may be down; try again next period
             log.warning("reconcile.failed", exc_info=True)
 

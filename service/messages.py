@@ -3,13 +3,15 @@
 import dataclasses
 import datetime
 import json
+import struct
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
-    """One encoded message about one execution, as it will leave on every subscribed socket."""
+    """One encoded message about one execution, as it will leave on every subscribed socket:
+    `frame` is the whole WebSocket text frame, built once and written as is to each of them."""
 
     execution_id: str
     seq: int
@@ -17,6 +19,25 @@ class Event:
     text: str
     terminal: bool = False
     owner: str = ""
+    # When the change committed (the row's updated_at or ts), for the commit-to-send metric.
+    committed_at: str | datetime.datetime | None = None
+    frame: bytes = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "frame", text_frame(self.text))
+
+
+def text_frame(text: str) -> bytes:
+    """An unmasked, uncompressed, final WebSocket text frame (RFC 6455 5.2): what a server sends."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
 
 
 def encode(message: dict) -> str:
@@ -60,6 +81,7 @@ def status_event(row: dict, *, extra: dict | None = None, terminal: bool = True)
         text=encode(message),
         terminal=terminal and row["status"] in TERMINAL_STATUSES,
         owner=row["owner"],
+        committed_at=row["updated_at"],
     )
 
 
@@ -104,13 +126,22 @@ def log_message(data: dict) -> dict:
 
 def event_from_row(row: dict, preview_limit: int, *, extra: dict | None = None, terminal: bool = True) -> Event:
     """An Event from a row of repository.events_after or repository.snapshot."""
-    kind, data = row["kind"], row["data"]
+    return event_from_parts(row["kind"], row["execution_id"], row["seq"], row["data"], preview_limit,
+                            extra=extra, terminal=terminal)
+
+
+def event_from_parts(kind: str, execution_id: str, seq: int, data: dict, preview_limit: int, *,
+                     extra: dict | None = None, terminal: bool = True) -> Event:
+    """The same from the columns of a tuple row (the hub's read)."""
     if kind == "status":
         return status_event(data, extra=extra, terminal=terminal)
-    message = node_message(data, preview_limit) if kind == "node" else log_message(data)
+    if kind == "node":
+        message, committed_at = node_message(data, preview_limit), None  # node events carry no commit time
+    else:
+        message, committed_at = log_message(data), data["ts"]
     if extra:
         message.update(extra)
-    return Event(execution_id=row["execution_id"], seq=row["seq"], kind=kind, text=encode(message))
+    return Event(execution_id=execution_id, seq=seq, kind=kind, text=encode(message), committed_at=committed_at)
 
 
 def pong() -> str:

@@ -1,5 +1,6 @@
 """Every SQL statement the service runs, always parameterised; handlers never see a cursor."""
 
+import asyncio
 import base64
 import binascii
 import datetime
@@ -246,6 +247,65 @@ async def events_after(pool: aiopg.Pool, after: dict[str, int]) -> list[dict]:
     """What happened to each execution after its seq: status, node and log events, in seq order."""
     ids = list(after)
     return await _fetch(pool, EVENTS_AFTER, (ids, [after[i] for i in ids]))
+
+
+class PushReader:
+    """The hub's reads on a connection of its own: no pool round trip, statements prepared once
+    per connection (no parse or plan per change, a short EXECUTE on the wire), tuple rows.
+
+    The connection opens on first use and after any error; a lock keeps the listener's batches
+    and the reconcile from sharing it at once."""
+
+    APPLICATION_NAME = "aiagent-live hub"
+    # Columns of an events_after row, in order.
+    KIND, EXECUTION_ID, SEQ, OWNER, DATA = range(5)
+
+    def __init__(self, dsn: str):
+        self._dsn = dsn
+        self._conn: aiopg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> aiopg.Connection:
+        if self._conn is None or self._conn.closed:
+            conn = await aiopg.connect(self._dsn, enable_hstore=False, application_name=self.APPLICATION_NAME)
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute(
+                        "PREPARE hub_events_after(uuid[], bigint[]) AS "
+                        + EVENTS_AFTER.replace("%s::uuid[]", "$1").replace("%s::bigint[]", "$2"))
+                    await cur.execute(
+                        "PREPARE hub_seqs(uuid[]) AS SELECT id::text, seq FROM executions WHERE id = ANY($1)")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def _execute(self, sql: str, params) -> list[tuple]:
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                async with conn.cursor() as cur:
+                    await cur.execute(sql, params)
+                    return await cur.fetchall()
+            except BaseException:
+                # A broken or cancelled read leaves the connection in an unknown state: start afresh.
+                self.close()
+                raise
+
+    async def events_after(self, after: dict[str, int]) -> list[tuple]:
+        """repository.events_after's rows as tuples (KIND, EXECUTION_ID, SEQ, OWNER, DATA)."""
+        ids = list(after)
+        return await self._execute("EXECUTE hub_events_after(%s::uuid[], %s::bigint[])",
+                                   (ids, [after[i] for i in ids]))
+
+    async def execution_seqs(self, execution_ids: list[str]) -> dict[str, int]:
+        return dict(await self._execute("EXECUTE hub_seqs(%s::uuid[])", (execution_ids,)))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 async def snapshot(pool: aiopg.Pool, execution_id: str, log_tail: int) -> list[dict]:

@@ -1,10 +1,13 @@
-"""One socket's bounded send queue and the one task that writes it, so no socket waits on another."""
+"""One socket's bounded send queue: written straight to the transport while the socket keeps up,
+through a writer task of its own only while it does not, so no socket waits on another."""
 
 import asyncio
 import collections
+import struct
 
 import structlog
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_websocket import WSCloseCode
 
 from .messages import Event
@@ -13,63 +16,97 @@ log = structlog.get_logger(__name__)
 
 CLOSE_FINISHED = WSCloseCode.OK
 CLOSE_TOO_SLOW = WSCloseCode.TRY_AGAIN_LATER
+PEER_GONE = (0, "")
 
 
 class SocketOutbox:
     """Events queued for one WebSocket.
 
     Per execution, only events newer than the last accepted `seq` get in, so a snapshot and a
-    live change that carry the same state are sent once. A queued `status` that is still waiting
-    is replaced by a newer one (latest wins); every other message keeps its place. A full queue,
-    or a frame that cannot leave within the send timeout, closes the socket with 1013.
+    live change that carry the same state are sent once. While nothing is queued and the
+    transport is not paused, an event's frame (encoded once for every socket) is written at
+    once; otherwise it is queued and a writer task, started then and gone once the queue is
+    empty, sends it. A queued `status` that is still waiting is replaced by a newer one (latest
+    wins); every other message keeps its place. A full queue, or a frame that cannot leave within
+    the send timeout, closes the socket with 1013.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, *, capacity: int, send_timeout: float,
-                 close_on_terminal: bool = True):
+    __slots__ = ("_ws", "_protocol", "_capacity", "_send_timeout", "_close_on_terminal", "_metrics",
+                 "_queue", "_writer", "_cursors", "_held", "_close", "_close_timer")
+
+    def __init__(self, ws: web.WebSocketResponse, protocol: BaseProtocol, *, capacity: int,
+                 send_timeout: float, close_on_terminal: bool = True, metrics=None):
         self._ws = ws
+        self._protocol = protocol  # the connection's: its transport and its flow control
         self._capacity = capacity
         self._send_timeout = send_timeout
         self._close_on_terminal = close_on_terminal
-        self._queue: collections.deque[Event] = collections.deque()
-        self._wakeup = asyncio.Event()
+        self._metrics = metrics
+        # Created on first need: most sockets never queue anything.
+        self._queue: collections.deque[Event] | None = None
+        self._writer: asyncio.Task | None = None
         self._cursors: dict[str, int] = {}
+        # Executions being caught up: their live events wait here until the snapshot is in.
+        self._held: dict[str, list[Event]] | None = None
         self._close: tuple[int, str] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
 
     @property
     def closing(self) -> bool:
         return self._close is not None
 
     def offer(self, event: Event) -> bool:
-        """Queue an event without waiting; False when it was not needed or the socket is closing."""
-        if self._close is not None or event.seq <= self._cursors.get(event.execution_id, 0):
+        """Send or queue an event without waiting; False when it was not needed or the socket is closing."""
+        if self._close is not None:
             return False
-        self._cursors[event.execution_id] = event.seq
-        last = self._queue[-1] if self._queue else None
-        if (event.kind == "status" and last is not None and last.kind == "status"
-                and last.execution_id == event.execution_id):
-            self._queue[-1] = event
-        elif not self._append(event):
+        execution_id = event.execution_id
+        if self._held and execution_id in self._held:
+            self._held[execution_id].append(event)
+            return True
+        if event.seq <= self._cursors.get(execution_id, 0):
             return False
-        self._wakeup.set()
-        return True
+        self._cursors[execution_id] = event.seq
+        queue = self._queue
+        if queue:
+            last = queue[-1]
+            if event.kind == "status" and last.kind == "status" and last.execution_id == execution_id:
+                queue[-1] = event
+                return True
+            return self._append(event)
+        return self._send(event)
+
+    def hold(self, execution_id: str) -> None:
+        """Subscribed, snapshot not read yet: keep its live events back, so none leaves before
+        (or twice beside) the snapshot or catch-up that offer_snapshot/offer_catch_up bring."""
+        if self._held is None:
+            self._held = {}
+        self._held.setdefault(execution_id, [])
+
+    def _release(self, execution_id: str) -> list[Event]:
+        held = self._held.pop(execution_id, []) if self._held else []
+        if not self._held:
+            self._held = None
+        return held
 
     def offer_snapshot(self, execution_id: str, events: list[Event], upto: int) -> None:
         """A fresh view of one execution, sent in the order given and standing for everything up
         to `upto`; live events of it already queued follow it if newer."""
-        queued = self._take_queued(execution_id)
+        queued = [*self._take_queued(execution_id), *self._release(execution_id)]
         for event in events:
-            if not self._append(event):
+            if self._close is not None or not self._send(event):
                 return
         self._cursors[execution_id] = upto
         self._reoffer(queued)
 
     def offer_catch_up(self, execution_id: str, events: list[Event], after: int) -> None:
         """Every event after `after`, in seq order, ahead of live events already queued."""
-        queued = self._take_queued(execution_id)
+        queued = [*self._take_queued(execution_id), *self._release(execution_id)]
         self._cursors[execution_id] = after
         self._reoffer([*events, *queued])
 
     def _take_queued(self, execution_id: str) -> list[Event]:
+        if not self._queue:
+            return []
         queued = [e for e in self._queue if e.execution_id == execution_id]
         if queued:
             self._queue = collections.deque(e for e in self._queue if e.execution_id != execution_id)
@@ -78,78 +115,131 @@ class SocketOutbox:
     def _reoffer(self, events: list[Event]) -> None:
         for event in events:
             self.offer(event)
-        self._wakeup.set()
 
     def offer_feed(self, event: Event) -> None:
         """A status from a feed subscription: deduplicated only against an execution this socket
         also watches (a cursor per fed execution would grow without bound)."""
         if event.execution_id in self._cursors:
             self.offer(event)
-        elif self._close is None and self._append(event):
-            self._wakeup.set()
+        elif self._close is None:
+            self._send(event)
 
     def forget(self, execution_id: str) -> None:
         """Unsubscribed: drop its cursor, so a flood of subscribe/unsubscribe holds no memory."""
         self._cursors.pop(execution_id, None)
+        self._release(execution_id)
 
     def send_text(self, text: str) -> None:
-        """Queue a reply to the client (pong, error): never merged, never deduplicated."""
-        if self._close is None and self._append(Event("", 0, "reply", text)):
-            self._wakeup.set()
+        """A reply to the client (pong, error): never merged, never deduplicated."""
+        if self._close is None:
+            self._send(Event("", 0, "reply", text))
 
     def close(self, code: int, reason: str, *, drain: bool) -> None:
         """Close the socket once the queue is sent (drain) or at once, dropping what is queued."""
         if self._close is not None:
             return
         self._close = (code, reason)
-        if not drain:
+        if not drain and self._queue:
             self._queue.clear()
-        self._wakeup.set()
+        if self._writer is None:
+            self._send_close()
+        # else the writer sends the close frame once it is done
+
+    def _send_close(self) -> None:
+        """Our half of the closing handshake: the close frame now; the socket's reader gets the
+        peer's answer and then finish() drops the connection. A peer that does not answer within
+        the send timeout is dropped anyway (once what is buffered for it is out)."""
+        transport = self._protocol.transport
+        if transport is None or transport.is_closing() or self._ws.closed:
+            return
+        code, reason = self._close
+        payload = struct.pack("!H", code) + reason.encode()[:123]
+        transport.write(struct.pack("!BB", 0x88, len(payload)) + payload)
+        self._close_timer = asyncio.get_running_loop().call_later(self._send_timeout, transport.close)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _send(self, event: Event) -> bool:
+        """In order after whatever is queued; at once when nothing is and the transport takes it."""
+        if self._writer is None and not self._queue:
+            transport = self._protocol.transport
+            if transport is None or self._ws.closed:
+                return True  # the peer is gone or going: the reader notices and ends the socket
+            if not self._protocol.writing_paused:
+                transport.write(event.frame)
+                if event.terminal and self._close_on_terminal:
+                    self.close(CLOSE_FINISHED, "finished", drain=False)
+                return True
+        return self._append(event)
 
     def _append(self, event: Event) -> bool:
+        if self._queue is None:
+            self._queue = collections.deque()
         if len(self._queue) >= self._capacity:
-            log.info("ws.too_slow", reason="queue_full", queued=len(self._queue))
-            self.close(CLOSE_TOO_SLOW, "too slow", drain=False)
+            self._too_slow("queue_full")
             return False
         self._queue.append(event)
+        self._start_writer()
         return True
 
-    def peer_gone(self) -> None:
-        """The client closed or vanished: the writer stops without a close of its own."""
-        if self._close is None:
-            self._close = (0, "")
-        self._queue.clear()
-        self._wakeup.set()
+    def _too_slow(self, reason: str) -> None:
+        log.info("ws.too_slow", reason=reason, queued=len(self._queue or ()))
+        if self._metrics is not None:
+            self._metrics.slow_client_closes.labels(reason).inc()
+        self.close(CLOSE_TOO_SLOW, "too slow", drain=False)
 
-    async def run(self) -> tuple[int, str] | None:
-        """The writer: send queued events in order. Returns the close to send, None if the peer is gone."""
-        while True:
-            if not self._queue:
-                if self._close is not None:
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        """The writer, while needed: send queued frames in order, each within the send timeout,
+        then the close frame if a close was asked for."""
+        protocol = self._protocol
+        try:
+            # self._queue, not a local: a catch-up may replace it while this waits
+            while self._queue and self._close != PEER_GONE:
+                event = self._queue.popleft()
+                transport = protocol.transport
+                if transport is None or self._ws.closed:
+                    self._close = PEER_GONE
                     break
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            event = self._queue.popleft()
-            try:
-                async with asyncio.timeout(self._send_timeout):
-                    await self._ws.send_str(event.text)
-            except TimeoutError:
-                log.info("ws.too_slow", reason="send_timeout")
-                self.close(CLOSE_TOO_SLOW, "too slow", drain=False)
-                break
-            except ConnectionError:
-                self.peer_gone()
-                break
-            if event.terminal and self._close_on_terminal:
-                self.close(CLOSE_FINISHED, "finished", drain=False)
-        return None if self._close == (0, "") else self._close
+                transport.write(event.frame)
+                if protocol.writing_paused:
+                    try:
+                        async with asyncio.timeout(self._send_timeout):
+                            # aiohttp's own flow control (what its WebSocket writer awaits too)
+                            await protocol._drain_helper()
+                    except TimeoutError:
+                        self._too_slow("send_timeout")
+                        break
+                if event.terminal and self._close_on_terminal:
+                    self.close(CLOSE_FINISHED, "finished", drain=False)
+                    break
+        except ConnectionError:
+            self._close = PEER_GONE
+        finally:
+            self._writer = None
+        if self._close is not None and self._close != PEER_GONE:
+            self._send_close()
 
-    async def close_socket(self, code: int, reason: str) -> None:
-        """The closing handshake, bounded: a peer that stopped reading cannot take the close frame
-        either, so after the send timeout the connection is dropped."""
+    async def finish(self) -> None:
+        """The socket's reading ended (its WebSocket has autoclose off): the peer answered our
+        close frame, or closed first and gets its answer here, or is gone."""
+        if self._writer is not None:
+            self._writer.cancel()
+        if self._close_timer is not None:
+            # Our close frame went out and the peer answered (or the connection is lost).
+            self._close_timer.cancel()
+            if self._protocol.transport is not None:
+                self._protocol.transport.close()
+            return
+        # Closed by the peer (answered with 1000, as aiohttp's autoclose would), or our close had
+        # not left yet because a frame was still waiting for this peer.
+        code, reason = (CLOSE_FINISHED, "") if self._close in (None, PEER_GONE) else self._close
+        self._close = PEER_GONE
         try:
             async with asyncio.timeout(self._send_timeout):
-                await self._ws.close(code=code, message=reason.encode())
+                await self._ws.close(code=code, message=reason.encode(), drain=False)
         except (TimeoutError, ConnectionError):
             pass

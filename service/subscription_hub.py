@@ -4,13 +4,15 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import datetime
+import time
 from collections.abc import Callable
 
 import aiopg
 import structlog
 
 from . import repository
-from .messages import Event, event_from_row, status_event
+from .messages import Event, event_from_parts, event_from_row, status_event
 from .socket_outbox import SocketOutbox
 
 log = structlog.get_logger(__name__)
@@ -39,8 +41,13 @@ class SubscriptionHub:
     own writer sends them.
     """
 
-    def __init__(self, pool: aiopg.Pool, *, preview_limit: int, log_tail: int):
+    def __init__(self, pool: aiopg.Pool, reader: repository.PushReader, *, preview_limit: int, log_tail: int,
+                 metrics=None):
         self._pool = pool
+        self._reader = reader
+        self.metrics = metrics
+        if metrics is not None:
+            self._sent_counters = {kind: metrics.messages_sent.labels(kind) for kind in ("status", "node", "log")}
         self._preview_limit = preview_limit
         self._log_tail = log_tail
         self._watchers: dict[str, set[SocketOutbox]] = {}
@@ -141,25 +148,38 @@ class SubscriptionHub:
         watched = list(self._watchers)
         if not watched:
             return 0
-        seqs = await repository.get_execution_seqs(self._pool, watched)
+        seqs = await self._reader.execution_seqs(watched)
         moved = {eid: self._published.get(eid, 0) for eid, seq in seqs.items()
                  if seq > self._published.get(eid, 0)}
         if moved:
             await self._read_and_publish(moved)
             log.info("hub.reconciled", moved=len(moved))
+        if self.metrics is not None:
+            self.metrics.reconcile_corrections.inc(len(moved))
         return len(moved)
 
     async def _read_and_publish(self, after: dict[str, int]) -> None:
-        for row in await repository.events_after(self._pool, after):
-            self._publish(event_from_row(row, self._preview_limit))
+        rows = await self._reader.events_after(after)
+        preview_limit = self._preview_limit
+        for kind, execution_id, seq, _owner, data in rows:
+            watchers = self._watchers.get(execution_id)
+            # Not built at all when nobody watches any more or it was published already.
+            if watchers and seq > self._published.get(execution_id, 0):
+                self._publish(event_from_parts(kind, execution_id, seq, data, preview_limit))
 
     def _publish(self, event: Event) -> None:
         watchers = self._watchers.get(event.execution_id)
         if not watchers or event.seq <= self._published.get(event.execution_id, 0):
             return
         self._published[event.execution_id] = event.seq
+        sent = 0
         for outbox in watchers:
-            outbox.offer(event)
+            sent += outbox.offer(event)
+        if self.metrics is not None and sent:
+            # Once per event, not per socket: a count for all its subscribers, one latency sample.
+            self._sent_counters[event.kind].inc(sent)
+            if event.committed_at is not None:
+                self.metrics.commit_to_send_seconds.observe(max(0.0, time.time() - _epoch(event.committed_at)))
 
     async def _feed(self, execution_ids: list[str]) -> None:
         for row in await repository.get_executions(self._pool, execution_ids):
@@ -174,6 +194,9 @@ class SubscriptionHub:
                 if feed.wants(row):
                     event = event or status_event(row, terminal=False)
                     outbox.offer_feed(event)
+
+    def close(self) -> None:
+        self._reader.close()
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -192,3 +215,10 @@ class SubscriptionHub:
             return True
         except TimeoutError:
             return False
+
+
+def _epoch(value: str | datetime.datetime) -> float:
+    """A commit time as the hub's reads give it (ISO text from to_jsonb, or a datetime)."""
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    return value.timestamp()

@@ -53,16 +53,18 @@ def parse_execution_id(value) -> str:
 class SocketSession:
     """One open WebSocket: the token in force, its subscriptions, and its outbox."""
 
-    def __init__(self, ws: web.WebSocketResponse, principal: Principal, config: Config, hub: SubscriptionHub,
-                 *, single_execution: bool):
+    __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "subscriptions", "_expiry")
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, principal: Principal, config: Config,
+                 hub: SubscriptionHub, *, single_execution: bool):
         self.ws = ws
         self.principal = principal
         self.config = config
         self.hub = hub
         self.single_execution = single_execution
-        self.outbox = SocketOutbox(ws, capacity=config.ws_outbox_capacity,
+        self.outbox = SocketOutbox(ws, request.protocol, capacity=config.ws_outbox_capacity,
                                    send_timeout=config.ws_send_timeout_seconds,
-                                   close_on_terminal=single_execution)
+                                   close_on_terminal=single_execution, metrics=hub.metrics)
         self.subscriptions: set[str] = set()
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -78,8 +80,13 @@ class SocketSession:
         if current is None or not self.principal.may_see(current["owner"]):
             return None
         self.subscriptions.add(execution_id)
+        self.outbox.hold(execution_id)
         self.hub.subscribe(execution_id, self.outbox)
-        status = await self.hub.catch_up(execution_id, self.outbox, since, current)
+        try:
+            status = await self.hub.catch_up(execution_id, self.outbox, since, current)
+        except BaseException:
+            self.unsubscribe(execution_id)
+            raise
         log.info("ws.subscribed", execution_id=execution_id, since=since, seq=status["status_seq"])
         return status
 
@@ -194,40 +201,34 @@ class SocketSession:
     # -- the socket's life -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Write until the socket closes; client frames are read by a second task, which is
-        stopped before the closing handshake (only one task at a time may receive)."""
-        reader = asyncio.create_task(self._read())
-        try:
-            close = await self.outbox.run()
-            await self._stop_reading(reader)
-            if close is not None:
-                await self.outbox.close_socket(*close)
-        finally:
-            await self._stop_reading(reader)
-            # Leave the hub only now: a shutdown waits for the hub to empty, so every closing
-            # handshake (1001) completes first.
-            self.hub.drop(self.outbox, self.subscriptions)
-        log.info("ws.closed", code=self.ws.close_code)
-
-    async def _stop_reading(self, reader: asyncio.Task) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-
-    async def _read(self) -> None:
+        """Read client frames until the socket closes. Sending needs no task of its own: the hub
+        writes through the outbox, whose writer task exists only while something is queued for a
+        slow peer; a close frame from either side ends this loop."""
         try:
             async for msg in self.ws:
                 await self.answer(msg)
         finally:
-            self.outbox.peer_gone()
+            if self._expiry is not None:
+                self._expiry.cancel()
+            try:
+                await self.outbox.finish()
+            finally:
+                # Leave the hub only now: a shutdown waits for the hub to empty, so every closing
+                # handshake (1001) completes first.
+                self.hub.drop(self.outbox, self.subscriptions)
+        log.info("ws.closed", code=self.ws.close_code)
 
 
 async def open_socket(request: web.Request) -> tuple[web.WebSocketResponse, Principal | None]:
     """Accept the handshake, then authenticate: browsers cannot read an HTTP status from a refused
     handshake, so a bad token is a close code (4401)."""
     config = request.app[config_key]
-    ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat_seconds, max_msg_size=config.ws_max_message_bytes)
+    # No permessage-deflate: frames are built once per change and written as they are to every
+    # socket (compression would be per socket, and status messages are small).
+    # autoclose off: the outbox sends the close frame itself and the session's read loop gets the
+    # answer (SocketOutbox.finish completes the handshake either way).
+    ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat_seconds, max_msg_size=config.ws_max_message_bytes,
+                               compress=False, autoclose=False)
     await ws.prepare(request)
     try:
         principal = verify_token(config.jwt_secret, token_from_request(request, allow_query=True))
@@ -243,7 +244,8 @@ async def execution_socket(request: web.Request) -> web.WebSocketResponse:
     ws, principal = await open_socket(request)
     if principal is None:
         return ws
-    session = SocketSession(ws, principal, request.app[config_key], request.app[hub_key], single_execution=True)
+    session = SocketSession(request, ws, principal, request.app[config_key], request.app[hub_key],
+                            single_execution=True)
     try:
         execution_id = parse_execution_id(request.match_info["id"])
     except BadMessage:
@@ -259,7 +261,10 @@ async def execution_socket(request: web.Request) -> web.WebSocketResponse:
     if status is None:
         await ws.close(code=CLOSE_NOT_FOUND, message=NOT_FOUND.encode())
         return ws
-    if status["status"] in messages.TERMINAL_STATUSES:
+    # Only whether it has finished: the status row is not kept alive for the socket's life.
+    finished = status["status"] in messages.TERMINAL_STATUSES
+    del status
+    if finished:
         # Finished: what the client lacks (perhaps nothing), then the close.
         session.outbox.close(CLOSE_FINISHED, "finished", drain=True)
     session.use_token(principal)
@@ -272,7 +277,8 @@ async def multiplexed_socket(request: web.Request) -> web.WebSocketResponse:
     ws, principal = await open_socket(request)
     if principal is None:
         return ws
-    session = SocketSession(ws, principal, request.app[config_key], request.app[hub_key], single_execution=False)
+    session = SocketSession(request, ws, principal, request.app[config_key], request.app[hub_key],
+                            single_execution=False)
     session.use_token(principal)
     await session.run()
     return ws
