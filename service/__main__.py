@@ -50,7 +50,10 @@ def serve(config: Config) -> None:
     from .app import create_app
     from .server import serve_until_signalled
 
-    asyncio.run(serve_until_signalled(create_app(config), config, on_ready=lambda: announce(config, development)))
+    # uvloop: the event loop's own work (callbacks, timers, transport writes) is most of a fan-out.
+    import uvloop
+
+    uvloop.run(serve_until_signalled(create_app(config), config, on_ready=lambda: announce(config, development)))
 
 
 def announce(config: Config, development: bool) -> None:
