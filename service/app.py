@@ -15,8 +15,9 @@ from .metrics import http_metrics, setup_metrics
 from .pg_listener import PgListener
 from .repository import PushReader
 from .routes import setup_routes
+from .socket_limits import SocketsPerSubject
 from .subscription_hub import SubscriptionHub
-from .typedefs import config_key, db_pool_key, hub_key, listener_key, listener_task_key, metrics_key
+from .typedefs import config_key, db_pool_key, hub_key, listener_key, listener_task_key, metrics_key, socket_counts_key
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +32,7 @@ def create_app(config: Config) -> web.Application:
                           client_max_size=config.max_body_bytes)
     app[config_key] = config
     setup_metrics(app)
+    app[socket_counts_key] = SocketsPerSubject(config.ws_max_sockets_per_subject)
     setup_routes(app)
     # In dependency order: the pool, then the hub that reads through it, then the listener and
     # the reconcile that feed the hub.

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .config import Config
 from .pg_listener import PgListener
+from .socket_limits import SocketsPerSubject
 from .subscription_hub import SubscriptionHub
 
 if TYPE_CHECKING:  # metrics.py imports this module
@@ -20,3 +21,4 @@ listener_key = web.AppKey("listener", PgListener)
 # The listener's run() task: done means it crashed, and the systemd watchdog stops pinging.
 listener_task_key = web.AppKey("listener_task", asyncio.Task)
 metrics_key: web.AppKey["Metrics"] = web.AppKey("metrics")
+socket_counts_key = web.AppKey("socket_counts", SocketsPerSubject)

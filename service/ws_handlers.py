@@ -16,9 +16,10 @@ from . import messages
 from .auth import InvalidToken, Principal, token_from_request, verify_token
 from .config import Config
 from .schemas import STATUSES
+from .socket_limits import CLOSE_TOO_MANY_SOCKETS, MessageRate
 from .socket_outbox import SocketOutbox
 from .subscription_hub import FeedFilter, SubscriptionHub
-from .typedefs import config_key, hub_key
+from .typedefs import config_key, hub_key, socket_counts_key
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +54,8 @@ def parse_execution_id(value) -> str:
 class SocketSession:
     """One open WebSocket: the token in force, its subscriptions, and its outbox."""
 
-    __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "subscriptions", "_expiry")
+    __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "subscriptions", "rate",
+                 "_expiry")
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, principal: Principal, config: Config,
                  hub: SubscriptionHub, *, single_execution: bool):
@@ -66,6 +68,7 @@ class SocketSession:
                                    send_timeout=config.ws_send_timeout_seconds,
                                    close_on_terminal=single_execution, metrics=hub.metrics)
         self.subscriptions: set[str] = set()
+        self.rate = MessageRate(config.ws_messages_per_second, config.ws_message_burst)
         self._expiry: asyncio.TimerHandle | None = None
 
     # -- subscriptions -----------------------------------------------------------------------
@@ -134,6 +137,12 @@ class SocketSession:
 
     async def answer(self, msg) -> None:
         """Act on one client frame; a bad one gets an `error` and the socket stays open."""
+        if not self.rate.allow():
+            if self.rate.should_report_refusal():
+                self.outbox.send_text(messages.error(
+                    f"rate limit: at most {self.config.ws_messages_per_second:g} messages a second; "
+                    "messages over it are dropped"))
+            return
         try:
             reply = await self._answer(msg)
         except BadMessage as exc:
@@ -241,16 +250,38 @@ async def open_socket(request: web.Request) -> tuple[web.WebSocketResponse, Prin
 
 async def execution_socket(request: web.Request) -> web.WebSocketResponse:
     """/api/v1/ws/executions/{id}: the current status, then every change, then 1000 when it ends."""
+    return await serve_socket(request, single_execution=True)
+
+
+async def multiplexed_socket(request: web.Request) -> web.WebSocketResponse:
+    """/api/v1/ws: subscribe and unsubscribe to executions and to the executions feed."""
+    return await serve_socket(request, single_execution=False)
+
+
+async def serve_socket(request: web.Request, *, single_execution: bool) -> web.WebSocketResponse:
     ws, principal = await open_socket(request)
     if principal is None:
         return ws
-    session = SocketSession(request, ws, principal, request.app[config_key], request.app[hub_key],
-                            single_execution=True)
+    with request.app[socket_counts_key].hold(principal.sub) as admitted:
+        if not admitted:
+            await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
+            return ws
+        session = SocketSession(request, ws, principal, request.app[config_key], request.app[hub_key],
+                                single_execution=single_execution)
+        if single_execution and not await watch_path_execution(request, session):
+            return ws
+        session.use_token(principal)
+        await session.run()
+    return ws
+
+
+async def watch_path_execution(request: web.Request, session: SocketSession) -> bool:
+    """Subscribe a single-execution socket to the execution in its path; False after a 4404."""
     try:
         execution_id = parse_execution_id(request.match_info["id"])
     except BadMessage:
-        await ws.close(code=CLOSE_NOT_FOUND, message=NOT_FOUND.encode())
-        return ws
+        await session.ws.close(code=CLOSE_NOT_FOUND, message=NOT_FOUND.encode())
+        return False
     structlog.contextvars.bind_contextvars(execution_id=execution_id)
     try:
         since = parse_since(request.query.get("since"))
@@ -259,26 +290,9 @@ async def execution_socket(request: web.Request) -> web.WebSocketResponse:
         since = None
     status = await session.subscribe(execution_id, since)
     if status is None:
-        await ws.close(code=CLOSE_NOT_FOUND, message=NOT_FOUND.encode())
-        return ws
-    # Only whether it has finished: the status row is not kept alive for the socket's life.
-    finished = status["status"] in messages.TERMINAL_STATUSES
-    del status
-    if finished:
+        await session.ws.close(code=CLOSE_NOT_FOUND, message=NOT_FOUND.encode())
+        return False
+    if status["status"] in messages.TERMINAL_STATUSES:
         # Finished: what the client lacks (perhaps nothing), then the close.
         session.outbox.close(CLOSE_FINISHED, "finished", drain=True)
-    session.use_token(principal)
-    await session.run()
-    return ws
-
-
-async def multiplexed_socket(request: web.Request) -> web.WebSocketResponse:
-    """/api/v1/ws: subscribe and unsubscribe to executions and to the executions feed."""
-    ws, principal = await open_socket(request)
-    if principal is None:
-        return ws
-    session = SocketSession(request, ws, principal, request.app[config_key], request.app[hub_key],
-                            single_execution=False)
-    session.use_token(principal)
-    await session.run()
-    return ws
+    return True

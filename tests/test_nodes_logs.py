@@ -309,7 +309,8 @@ async def test_subscription_limit_and_a_subscribe_flood(aiohttp_client, config):
     import dataclasses
     from service.app import create_app
 
-    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_max_subscriptions=3)))
+    client = await aiohttp_client(create_app(dataclasses.replace(
+        config, ws_max_subscriptions=3, ws_messages_per_second=10_000, ws_message_burst=10_000)))
     user = Actor(client)
     executions = [await user.create_execution() for _ in range(4)]
     async with multiplexed(user) as ws:

@@ -74,3 +74,46 @@ async def test_invalid_utf8_text_closes_with_1007(client, user):
         assert closes and int.from_bytes(closes[0][:2], "big") == 1007
     finally:
         raw.close()
+
+
+async def test_sockets_per_token_subject_are_limited_with_4429(aiohttp_client, config):
+    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_max_sockets_per_subject=2)))
+    user = Actor(client)
+    execution = await user.create_execution()
+    first, second = await user.ws(execution["id"]).__aenter__(), await user.ws(execution["id"]).__aenter__()
+    try:
+        async with user.ws(execution["id"]) as third:
+            msg = await third.receive(timeout=5)
+            assert msg.type == WSMsgType.CLOSE and third.close_code == 4429
+        await first.close()
+        await asyncio.sleep(0.2)
+        async with user.ws(execution["id"]) as again:
+            assert (await again.receive(timeout=5)).type == WSMsgType.TEXT, "a freed slot can be used"
+        async with Actor(client).ws(execution["id"]) as other:
+            assert other.close_code is None or other.close_code != 4429
+    finally:
+        await second.close()
+
+
+async def test_a_message_flood_is_cut_to_the_rate_with_one_error_a_second(aiohttp_client, config):
+    client = await aiohttp_client(create_app(dataclasses.replace(
+        config, ws_messages_per_second=5, ws_message_burst=10, ws_outbox_capacity=10_000)))
+    user = Actor(client)
+    async with client.ws_connect("/api/v1/ws", headers=user.headers) as ws:
+        for _ in range(500):
+            await ws.send_str('{"type": "ping"}')
+        replies = []
+        while True:
+            msg = await ws.receive(timeout=1)
+            if msg.type != WSMsgType.TEXT:
+                break
+            replies.append(msg.json())
+            if len(replies) >= 11:
+                break
+        pongs = [r for r in replies if r == {"type": "pong"}]
+        errors = [r for r in replies if r["type"] == "error"]
+        assert 10 <= len(pongs) <= 12 and len(errors) == 1 and "rate limit" in errors[0]["message"]
+        await asyncio.sleep(1.5)
+        await ws.send_str('{"type": "ping"}')
+        while (reply := (await ws.receive(timeout=5)).json()) != {"type": "pong"}:
+            assert reply["type"] in ("pong", "error")
