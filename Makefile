@@ -1,9 +1,10 @@
 # make run: the service on an embedded PostgreSQL.  make test: the whole suite.
+# make demo (beside make run): a worker that runs demo executions, for the dashboard at /.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test migrate token psql clean
+.PHONY: run demo test migrate token psql clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(BIN)/python -m service serve
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m service demo-worker --submit-every 8 $(DEMO_ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

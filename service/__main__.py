@@ -1,4 +1,4 @@
-"""Command line: serve, migrate, token, psql, watch. Only this module starts anything."""
+"""Command line: serve, migrate, token, psql, watch, demo-worker. Only this module starts anything."""
 
 import argparse
 import asyncio
@@ -53,19 +53,26 @@ def serve(config: Config) -> None:
     # uvloop: the event loop's own work (callbacks, timers, transport writes) is most of a fan-out.
     import uvloop
 
-    uvloop.run(serve_until_signalled(create_app(config), config, on_ready=lambda: announce(config, development)))
+    app = create_app(config)
+    token = issue_token(config.jwt_secret, "developer", "admin", DEV_TOKEN_TTL) if development else None
+    if token:
+        from .dashboard_handlers import dev_token_key
+
+        app[dev_token_key] = token  # the dashboard prefills it, for a browser on this machine only
+    uvloop.run(serve_until_signalled(app, config, on_ready=lambda: announce(config, token)))
 
 
-def announce(config: Config, development: bool) -> None:
-    """The ready line; in development mode also a token and commands to try."""
+def announce(config: Config, token: str | None) -> None:
+    """The ready line; in development mode (a token) also the dashboard and commands to try."""
     base = f"http://{config.host}:{config.port}"
-    log.info("server.ready", url=base, embedded_database=development)
-    if not development:
+    log.info("server.ready", url=base, embedded_database=token is not None)
+    if token is None:
         return
-    token = issue_token(config.jwt_secret, "developer", "admin", DEV_TOKEN_TTL)
     auth = '-H "Authorization: Bearer $TOKEN"'
     print(f"""
 aiagent-live is ready on {base} (embedded PostgreSQL in {config.data_dir}/pgdata)
+
+Dashboard: {base}/   (a live demo: `make demo` in another terminal)
 
 Development token (role admin, valid 7 days):
   export TOKEN={token}
@@ -80,6 +87,18 @@ Try it, in another terminal:
 
 Ctrl-C stops the server and the embedded database.
 """, flush=True)
+
+
+def demo_worker(config: Config, args) -> None:
+    """Run the demo worker; in development mode, first create the demo workflows if missing."""
+    from .demo_worker import DemoSettings, run_worker
+
+    development = config.embedded_database
+    config = with_development_defaults(config)
+    asyncio.run(apply_migrations(config.database_url))
+    settings = DemoSettings(speed=args.speed, concurrency=args.concurrency, fail_rate=args.fail_rate,
+                            submit_every=args.submit_every)
+    asyncio.run(run_worker(config.database_url, settings, seed=development or args.seed))
 
 
 async def prune(config: Config, older_than_days: float) -> dict[str, int]:
@@ -130,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     watch_parser = commands.add_parser("watch", help="print the live messages of one execution")
     watch_parser.add_argument("execution_id")
     watch_parser.add_argument("--since", type=int)
+    demo = commands.add_parser("demo-worker", help="run executions through their nodes in SQL, for the dashboard")
+    demo.add_argument("--speed", type=float, default=1.0, help="time factor (2 = twice as fast)")
+    demo.add_argument("--concurrency", type=int, default=3, help="executions run at once")
+    demo.add_argument("--fail-rate", type=float, default=0.12, help="chance that a node fails")
+    demo.add_argument("--submit-every", type=float, metavar="SECONDS",
+                      help="also start an execution of a demo workflow this often")
+    demo.add_argument("--seed", action="store_true", help="create the demo workflows (always in development mode)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "psql":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -153,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{counts['node_events']} node event(s)")
         elif args.command == "psql":
             return psql(config, extra)
+        elif args.command == "demo-worker":
+            demo_worker(config, args)
         elif args.command == "watch":
             config = with_secret(config)
             asyncio.run(watch(config, args.execution_id, args.since))

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from . import health_handlers, metrics, openapi, rest_handlers, ws_handlers
+from . import dashboard_handlers, health_handlers, metrics, openapi, rest_handlers, ws_handlers
 
 
 def setup_routes(app: web.Application) -> None:
@@ -25,4 +25,7 @@ def setup_routes(app: web.Application) -> None:
         web.post("/api/v1/executions/{id}/logs", rest_handlers.append_logs),
         web.get("/api/v1/ws/executions/{id}", ws_handlers.execution_socket),
         web.get("/api/v1/ws", ws_handlers.multiplexed_socket),
+        # The dashboard and live-client.js: no token to fetch them (the API calls need one).
+        web.get("/", dashboard_handlers.index),
+        web.static("/static", dashboard_handlers.STATIC_DIR),
     ])

@@ -1,0 +1,44 @@
+"""The dashboard: a static page and ES modules; the API calls it makes carry the token."""
+
+import html
+import ipaddress
+from pathlib import Path
+
+from aiohttp import web
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+TOKEN_MARK = "<!-- development token -->"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
+
+# Set by `python -m service serve` only in development mode (embedded database, where the process
+# itself made the secret); never from configuration, so production cannot be talked into it.
+# Declared here rather than in typedefs because only this page and __main__ know it.
+dev_token_key = web.AppKey("dev_token", str)
+
+
+def _loopback(request: web.Request) -> bool:
+    """A browser on this machine, addressing it by a loopback name: not a visitor from the network,
+    and not another site that rebinds its DNS name to 127.0.0.1 (its Host would be its own name)."""
+    try:
+        remote_is_loopback = ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        remote_is_loopback = False
+    host = (request.host or "").lower()
+    hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return remote_is_loopback and hostname in LOOPBACK_NAMES
+
+
+async def index(request: web.Request) -> web.Response:
+    """The dashboard. In development mode, to a browser on this machine, with the printed token."""
+    page = (STATIC_DIR / "index.html").read_text()
+    token = request.app.get(dev_token_key)
+    if token and _loopback(request):
+        page = page.replace(TOKEN_MARK, f'<meta name="aiagent-dev-token" content="{html.escape(token)}">')
+    return web.Response(text=page, content_type="text/html", headers={
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": (
+            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+            "style-src 'self'; script-src 'self'; frame-ancestors 'none'"),
+    })
