@@ -173,7 +173,7 @@ class Writer:
 async def test_postgres_restarted_under_100_sockets_every_socket_ends_with_the_last_committed_state(
         aiohttp_client, config, restartable_postgres):
     postgres = restartable_postgres
-    config = dataclasses.replace(config, database_url=postgres.url)
+    config = dataclasses.replace(config, database_url=postgres.url, ws_max_sockets_per_subject=1000)
     client = await aiohttp_client(create_app(config))
     user = Actor(client, "admin")
     workflow = await user.create_workflow()
@@ -251,7 +251,7 @@ STORM_CLIENTS = 300
 async def test_reconnect_storm_every_client_resumes_with_since(database_url, sql, tmp_path):
     token = token_for("storm", "admin")
     with open(tmp_path / "server.log", "wb") as log_file:
-        process, port = await start_server(database_url, log_file)
+        process, port = await start_server(database_url, log_file, WS_MAX_SOCKETS_PER_SUBJECT="1000")
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession(headers=auth(token)) as session:
