@@ -376,7 +376,7 @@ function appendLog(line) {
   li.append(time, node, text);
   log.append(li);
   app.detail.logCount += 1;
-  $('log-count').textContent = `(${app.detail.logCount} lines)`;
+  $('log-count').textContent = `(${app.detail.logCount} line${app.detail.logCount === 1 ? '' : 's'})`;
   if (atBottom) log.scrollTop = log.scrollHeight;
 }
 

@@ -79,6 +79,7 @@ class LiveSocket {
   _url(base) { return new URL(this.path, base); }
   _opened() {}
   _message(_msg) {}
+  _firstMessage() {} // the server accepted us and speaks: live
   _dropped() {}   // the socket ended; it will be reopened unless stopped
 
   // -- connecting ----------------------------------------------------------------------------
@@ -101,6 +102,7 @@ class LiveSocket {
       return this._fail(0, `cannot open ${url.origin}: ${err.message}`);
     }
     this._ws = ws;
+    this._heard = false;
     this.connections += 1;
     ws.onopen = () => {
       this._scheduleRefresh(token);
@@ -109,6 +111,10 @@ class LiveSocket {
     };
     ws.onmessage = (event) => {
       this._alive();
+      if (!this._heard) {
+        this._heard = true;
+        this._firstMessage();
+      }
       let msg;
       try { msg = JSON.parse(event.data); } catch { return; }
       if (msg.type === 'pong') return this._pong(msg);
@@ -223,11 +229,12 @@ class LiveSocket {
     if (!token || !this.options.getToken) return;
     const expiry = tokenExpiry(token);
     if (expiry === null) return;
-    const delay = Math.max(1000, expiry - Date.now() - this.options.refreshBeforeExpiryMs);
+    const delay = Math.max(0, expiry - Date.now() - this.options.refreshBeforeExpiryMs);
     this._later(Math.min(delay, 2 ** 31 - 1), async () => {
       try {
         const fresh = await this.options.getToken();
-        if (this._stopped || !fresh) return;
+        // The same token again: nothing to refresh to (the server closes 4401 at its expiry).
+        if (this._stopped || !fresh || fresh === token) return;
         this._token = fresh;
         this._send({ type: 'auth', token: fresh });
         this._scheduleRefresh(fresh);
@@ -312,26 +319,29 @@ class ExecutionWatcher extends LiveSocket {
     return url;
   }
 
+  _firstMessage() {
+    this._healthy();
+    const resumed = this._since !== null;
+    if (resumed) this.resumes += 1;
+    this._setState('live', { resumed, since: this._since });
+  }
+
   _opened() {
     this._viewing = this._since === null;
     this._viewMax = 0;
     if (this._viewing && (this._mustReset || this.lastSeq !== null)) this._call('onResync', { reason: 'reconnect' });
     this._mustReset = false;
     // The ping sent on open (by _heartbeat) is answered after the snapshot or catch-up: its
-    // pong marks the moment this socket is live and the view is complete.
+    // pong marks the moment the view is complete and the cursor may move.
   }
 
   _pong() {
     super._pong();
-    if (this.state === 'live') return;
     if (this._viewing) {
+      // The answer to the ping sent on open comes after the snapshot: it is complete.
       this.lastSeq = this._viewMax || this.lastSeq;
       this._viewing = false;
     }
-    this._healthy();
-    const resumed = this._since !== null;
-    if (resumed) this.resumes += 1;
-    this._setState('live', { resumed, since: this._since, lastSeq: this.lastSeq });
   }
 
   _message(msg) {

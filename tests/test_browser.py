@@ -1,0 +1,349 @@
+"""The dashboard and live-client.js in a real browser: headless Chromium driven by Playwright,
+against real `python -m service serve` processes, with a worker writing plain SQL.
+
+Needs Debian's `chromium` (.ci/run installs it); without a browser these tests fail, they do not
+skip. A screenshot of the dashboard mid-run lands in test-output/."""
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from .actors import JWT_SECRET, token_for
+from .test_process import free_port
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
+TIMEOUT_MS = 10_000
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("no Chromium for the browser tests: install Debian's package "
+                    "(apt-get update && apt-get install -y chromium; .ci/run does this), or set CHROMIUM",
+                    pytrace=False)
+    return path
+
+
+class ServerProcess:
+    """`python -m service serve` on a fixed port, so it can be stopped and started again there."""
+
+    def __init__(self, database_url: str, log_path: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET,
+                    "PORT": str(self.port), "LOG_FORMAT": "json"}
+        self.log = open(log_path, "ab")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=self.env,
+                                        stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.base}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError("server did not become ready")
+
+    def stop(self) -> None:
+        """SIGTERM: sockets get 1001, the process exits."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(database_url, tmp_path_factory):
+    process = ServerProcess(database_url, tmp_path_factory.mktemp("browser") / "server.log")
+    process.start()
+    yield process
+    process.close()
+
+
+@pytest.fixture
+async def browser():
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: pip install -e '.[test]'", pytrace=False)
+    executable = chromium_path()
+    playwright = await async_playwright().start()
+    try:
+        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+    except Exception as exc:
+        await playwright.stop()
+        pytest.fail(f"Chromium at {executable} did not start: {exc}", pytrace=False)
+    yield browser
+    await browser.close()
+    await playwright.stop()
+
+
+@pytest.fixture
+async def page(browser):
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    await context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def expect(locator):
+    from playwright.async_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+async def sign_in(page, base: str, token: str, path: str = "/") -> None:
+    await page.goto(base + path)
+    await page.fill("#token-input", token)
+    await page.click("#token-form button")
+
+
+class Api:
+    """The REST calls a test needs, as one user."""
+
+    def __init__(self, base: str, sub: str, role: str = "user"):
+        self.base = base
+        self.sub = sub
+        self.token = token_for(sub, role)
+
+    async def call(self, method: str, path: str, body=None) -> dict:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"}) as session:
+            async with session.request(method, self.base + path, json=body) as response:
+                assert response.status < 300, await response.text()
+                return await response.json()
+
+    async def execution(self, nodes=("plan", "search", "review")) -> dict:
+        workflow = await self.call("POST", "/api/v1/workflows", {
+            "name": f"browser {uuid.uuid4().hex[:6]}", "nodes": [{"id": n, "title": n.title()} for n in nodes]})
+        return await self.call("POST", "/api/v1/executions", {"workflow_id": workflow["id"], "input_data": {"q": 1}})
+
+
+async def run_sql(sql, statement: str, *params) -> None:
+    await sql.execute(statement, params)
+
+
+async def test_dashboard_shows_an_execution_going_from_pending_to_completed_as_its_rows_change_in_sql(
+        server, page, sql):
+    api = Api(server.base, f"browser-{uuid.uuid4().hex[:8]}")
+    execution = await api.execution()
+    eid = execution["id"]
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await sign_in(page, server.base, api.token)
+
+    row = page.locator(f'#executions tr[data-id="{eid}"]')
+    await expect(row).to_have_attribute("data-status", "pending")
+    await expect(page.locator("#feed-state")).to_have_attribute("data-state", "live")
+    await row.locator("a").click()
+    await expect(page.locator("#detail-state")).to_have_attribute("data-state", "live")
+    nodes = page.locator("#nodes li")
+    await expect(nodes).to_have_count(3)
+    assert await nodes.evaluate_all("lis => lis.map(li => li.dataset.status)") == ["pending"] * 3
+
+    node = "UPDATE execution_nodes SET status=%s WHERE execution_id=%s AND node_id=%s"
+    await run_sql(sql, "UPDATE executions SET status='running', message='planning' WHERE id=%s", eid)
+    await run_sql(sql, node, "running", eid, "plan")
+    await run_sql(sql, "INSERT INTO execution_logs (execution_id, node_id, message) VALUES (%s, 'plan', 'thinking')", eid)
+    await run_sql(sql, node, "completed", eid, "plan")
+    await run_sql(sql, node, "running", eid, "search")
+
+    await expect(row).to_have_attribute("data-status", "running")
+    await expect(row.locator(".bar")).to_have_attribute("aria-valuenow", "33")
+    await expect(page.locator("#detail-progress")).to_have_attribute("aria-valuenow", "33")
+    await expect(page.locator("#detail-status")).to_have_text("running")
+    await expect(page.locator("#detail-message")).to_have_text("planning")
+    await expect(nodes.nth(0)).to_have_attribute("data-status", "completed")
+    await expect(nodes.nth(1)).to_have_attribute("data-status", "running")
+    await expect(page.locator("#log li .log-text")).to_have_text(["thinking"])
+    await page.wait_for_timeout(400)  # the bars' width transition
+    OUTPUT.mkdir(exist_ok=True)
+    await page.screenshot(path=OUTPUT / "dashboard-mid-run.png")
+
+    await run_sql(sql, node, "completed", eid, "search")
+    await run_sql(sql, node, "running", eid, "review")
+    await run_sql(sql, node, "completed", eid, "review")
+    await run_sql(sql, "UPDATE executions SET status='completed', result='{\"answer\": 42}' WHERE id=%s", eid)
+
+    await expect(row).to_have_attribute("data-status", "completed")
+    await expect(row.locator(".bar")).to_have_attribute("aria-valuenow", "100")
+    await expect(page.locator("#detail-progress")).to_have_attribute("aria-valuenow", "100")
+    await expect(page.locator("#detail-result pre")).to_contain_text('"answer": 42')
+    await expect(page.locator("#detail-state")).to_have_attribute("data-state", "finished")
+    assert await nodes.evaluate_all("lis => lis.map(li => li.dataset.status)") == ["completed"] * 3
+    await expect(page.locator("#cancel-button")).to_be_hidden()
+    await asyncio.sleep(1)
+    assert len([url for url in sockets if eid in url]) == 1, "one socket, never reopened after the end"
+
+
+async def test_log_view_gets_every_line_in_order_across_a_server_restart(database_url, browser, sql, tmp_path):
+    server = ServerProcess(database_url, tmp_path / "server.log")
+    server.start()
+    page = await (await browser.new_context()).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        api = Api(server.base, f"browser-{uuid.uuid4().hex[:8]}")
+        eid = (await api.execution())["id"]
+        await run_sql(sql, "UPDATE executions SET status='running' WHERE id=%s", eid)
+        await sign_in(page, server.base, api.token, f"/#/executions/{eid}")
+        await expect(page.locator("#detail-state")).to_have_attribute("data-state", "live")
+
+        log = "INSERT INTO execution_logs (execution_id, message) VALUES (%s, %s)"
+        lines = [f"line {i:03}" for i in range(90)]
+        for text in lines[:30]:
+            await run_sql(sql, log, eid, text)
+        await expect(page.locator("#log li")).to_have_count(30)
+
+        # The server goes away (1001) while lines keep coming; a new process takes its place.
+        stopping = asyncio.get_running_loop().run_in_executor(None, server.stop)
+        for text in lines[30:60]:
+            await run_sql(sql, log, eid, text)
+            await asyncio.sleep(0.01)
+        await stopping
+        await expect(page.locator("#detail-state")).to_have_attribute("data-state", "reconnecting")
+        await asyncio.get_running_loop().run_in_executor(None, server.start)
+        for text in lines[60:]:
+            await run_sql(sql, log, eid, text)
+        await run_sql(sql, "UPDATE executions SET status='completed' WHERE id=%s", eid)
+
+        await expect(page.locator("#detail-state")).to_have_attribute("data-state", "finished", timeout=20_000)
+        shown = await page.locator("#log li .log-text").all_inner_texts()
+        seqs = await page.locator("#log li").evaluate_all("lis => lis.map(li => Number(li.dataset.seq))")
+        assert shown == lines, "every line, in order, none twice"
+        assert seqs == sorted(set(seqs))
+        await expect(page.locator("#detail-resumed")).to_be_visible()
+        await expect(page.locator("#detail-resumed")).to_contain_text("resumed from seq")
+        connections = await page.evaluate("aiagentLive.detail.watcher.connections")
+        assert connections >= 2
+    finally:
+        await page.context.close()
+        server.close()
+
+
+async def test_a_finished_execution_is_shown_and_the_client_stops_reconnecting(server, page, sql):
+    api = Api(server.base, f"browser-{uuid.uuid4().hex[:8]}")
+    eid = (await api.execution())["id"]
+    await run_sql(sql, "UPDATE executions SET status='running' WHERE id=%s", eid)
+    await run_sql(sql, "UPDATE executions SET status='failed', error='boom' WHERE id=%s", eid)
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws.url) if eid in ws.url else None)
+    await sign_in(page, server.base, api.token, f"/#/executions/{eid}")
+    await expect(page.locator("#detail-state")).to_have_attribute("data-state", "finished")
+    await expect(page.locator("#detail-status")).to_have_text("failed")
+    await expect(page.locator("#detail-error pre")).to_have_text("boom")
+    await asyncio.sleep(2.5)  # longer than the first few backoff delays
+    assert len(sockets) == 1, sockets
+    assert await page.evaluate("[aiagentLive.detail.watcher.state, aiagentLive.detail.watcher.connections]") == [
+        "finished", 1]
+
+
+async def test_a_bad_token_shows_a_clear_message(server, page):
+    await page.goto(server.base + "/")
+    # A served process on a DATABASE_URL is production mode: no token in the page, none prefilled.
+    await expect(page.locator('meta[name="aiagent-dev-token"]')).to_have_count(0)
+    await expect(page.locator("#token-input")).to_have_value("")
+    await expect(page.locator("#banner")).to_contain_text("Paste a bearer token to begin")
+
+    forged = token_for("mallory", "admin").rsplit(".", 1)[0] + ".not-the-signature"
+    await sign_in(page, server.base, forged)
+    banner = page.locator("#banner")
+    await expect(banner).to_be_visible()
+    await expect(banner).to_contain_text("The server refused this token (invalid token)")
+    await expect(page.locator("#token-input")).to_have_class("invalid")
+
+    await page.fill("#token-input", "garbage")
+    await page.click("#token-form button")
+    await expect(banner).to_contain_text("refused this token (not a JWT)")
+
+
+LIVE_CLIENT_PROBE = """
+async ([base, eid, good, bad]) => {
+  const { watchExecution } = await import('/static/live-client.js');
+  const until = (watcher, states) => new Promise((resolve) => {
+    const check = () => states.includes(watcher.state) ? resolve() : setTimeout(check, 20);
+    check();
+  });
+  const results = {};
+
+  // A refused token, nothing to refresh it with: one try, a clear error, no loop.
+  let errors = [];
+  let w = watchExecution(eid, { baseUrl: base, token: bad, onError: (e) => errors.push(e) });
+  await until(w, ['failed']);
+  await new Promise((r) => setTimeout(r, 1200));
+  results.refused = { state: w.state, connections: w.connections, errors: errors.map((e) => [e.code, e.message, e.fatal]) };
+
+  // 4401, then getToken() hands over a good one: reconnected and live.
+  let handed = 0;
+  w = watchExecution(eid, { baseUrl: base, token: bad, getToken: () => { handed += 1; return good; } });
+  await until(w, ['live']);
+  results.renewed = { state: w.state, connections: w.connections, handed };
+  w.close();
+
+  // No such execution: 4404, no reconnect.
+  errors = [];
+  w = watchExecution(crypto.randomUUID(), { baseUrl: base, token: good, onError: (e) => errors.push(e) });
+  await until(w, ['failed']);
+  await new Promise((r) => setTimeout(r, 1200));
+  results.missing = { state: w.state, connections: w.connections, code: errors[0].code };
+  return results;
+}
+"""
+
+REFRESH_PROBE = """
+async ([base, eid, good, shortLived]) => {
+  // A token about to expire, refreshed through {"type": "auth"} before it does.
+  const { watchExecution } = await import('/static/live-client.js');
+  let fresh = 0;
+  const w = watchExecution(eid, { baseUrl: base, token: shortLived, refreshBeforeExpiryMs: 2500,
+                                  getToken: () => { fresh += 1; return good; } });
+  await new Promise((r) => setTimeout(r, 5000));
+  const result = { state: w.state, connections: w.connections, fresh };
+  w.close();
+  return result;
+}
+"""
+
+
+async def test_live_client_stops_on_4401_and_4404_and_renews_tokens(server, page):
+    api = Api(server.base, f"browser-{uuid.uuid4().hex[:8]}")
+    eid = (await api.execution())["id"]
+    await page.goto(server.base + "/static/live-client.js")  # same origin as the API, no dashboard
+    bad = token_for("someone-else", "user")[:-4] + "AAAA"
+    results = await page.evaluate(LIVE_CLIENT_PROBE, [server.base, eid, api.token, bad])
+    assert results["refused"] == {"state": "failed", "connections": 1,
+                                  "errors": [[4401, "invalid token", True]]}, results
+    assert results["renewed"] == {"state": "live", "connections": 2, "handed": 1}, results
+    assert results["missing"] == {"state": "failed", "connections": 1, "code": 4404}, results
+    # Expires in 3 to 4 s (exp is whole seconds); the socket outlives it on the same connection.
+    refreshed = await page.evaluate(REFRESH_PROBE, [server.base, eid, api.token, token_for(api.sub, ttl=4)])
+    assert refreshed == {"state": "live", "connections": 1, "fresh": 1}, refreshed
