@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo-worker", help="run executions through their nodes in SQL, for the dashboard")
     demo.add_argument("--speed", type=float, default=1.0, help="time factor (2 = twice as fast)")
     demo.add_argument("--concurrency", type=int, default=3, help="executions run at once")
-    demo.add_argument("--fail-rate", type=float, default=0.12, help="chance that a node fails")
+    demo.add_argument("--fail-rate", type=float, default=0.08, help="chance that a node fails")
     demo.add_argument("--submit-every", type=float, metavar="SECONDS",
                       help="also start an execution of a demo workflow this often")
     demo.add_argument("--seed", action="store_true", help="create the demo workflows (always in development mode)")

@@ -58,7 +58,7 @@ RETURNING id::text, workflow_id::text, input_data
 class DemoSettings:
     speed: float = 1.0                 # >1 runs faster (tests use a large value)
     concurrency: int = 3               # executions run at once
-    fail_rate: float = 0.12            # chance that a node fails (half of those are retried once)
+    fail_rate: float = 0.08            # chance that a node fails (half of those are retried once)
     submit_every: float | None = None  # also start an execution of a seed workflow this often
     poll_seconds: float = 2.0          # claim again this often even when no notification woke us
     only_workflows: tuple[str, ...] | None = None  # claim only these workflows' executions
