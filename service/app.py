@@ -43,11 +43,17 @@ def create_app(config: Config) -> web.Application:
 
 async def db_pool_ctx(app: web.Application):
     config = app[config_key]
-    async with aiopg.create_pool(
-        config.database_url, minsize=config.db_pool_min, maxsize=config.db_pool_max, enable_hstore=False,
-    ) as pool:
-        app[db_pool_key] = pool
-        yield
+    pool = await aiopg.create_pool(
+        config.database_url, minsize=config.db_pool_min, maxsize=config.db_pool_max, enable_hstore=False)
+    app[db_pool_key] = pool
+    yield
+    # Bounded: a connection still held by a cancelled request must not hold up the exit.
+    pool.close()
+    try:
+        await asyncio.wait_for(pool.wait_closed(), timeout=5)
+    except asyncio.TimeoutError:
+        log.warning("db_pool.close_timed_out", in_use=pool.size - pool.freesize)
+        pool.terminate()
 
 
 async def hub_ctx(app: web.Application):
