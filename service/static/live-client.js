@@ -18,6 +18,7 @@ export const TERMINAL_STATUSES = new Set(['completed', 'failed', 'cancelled']);
 // Close codes the service uses.
 export const CLOSE = Object.freeze({
   FINISHED: 1000, GOING_AWAY: 1001, ABNORMAL: 1006, TOO_SLOW: 1013, UNAUTHORIZED: 4401, NOT_FOUND: 4404,
+  TOO_MANY_SOCKETS: 4429,
 });
 
 const DEFAULTS = {
@@ -160,7 +161,8 @@ class LiveSocket {
       return this._fail(code, reason || 'token refused');
     }
     if (code === 1008 || code === 1003) return this._fail(code, reason || 'refused by the server');
-    // 1001 going away, 1013 too slow, 1006 network loss, 1011/1012 server trouble: come back.
+    // 1001 going away, 1013 too slow, 1006 network loss, 1011/1012 server trouble, 4429 too
+    // many sockets for this token (one may close meanwhile): come back, later each time.
     this._retry(code, reason);
   }
 
