@@ -110,11 +110,13 @@ async def reconcile_forever(hub: SubscriptionHub, interval: float) -> None:
 
 @contextlib.asynccontextmanager
 async def background(coro):
-    """Run a task for the life of the block; cancel and await it afterwards."""
+    """Run a task for the life of the block; cancel it afterwards and wait (boundedly) for it."""
     task = asyncio.create_task(coro)
     try:
         yield task
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Bounded: a database call that does not return on cancellation must not hold up the exit.
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if not done:
+            log.warning("background.stop_timed_out", task=task.get_coro().__qualname__)

@@ -2,7 +2,6 @@
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import datetime
 import time
@@ -90,14 +89,6 @@ class SubscriptionHub:
         for execution_id in list(execution_ids):
             self.unsubscribe(execution_id, outbox)
         self.unsubscribe_feed(outbox)
-
-    @contextlib.contextmanager
-    def subscription(self, execution_id: str, outbox: SocketOutbox):
-        self.subscribe(execution_id, outbox)
-        try:
-            yield
-        finally:
-            self.unsubscribe(execution_id, outbox)
 
     def _note_if_empty(self) -> None:
         if not self._watchers and not self._feeds:
