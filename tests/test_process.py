@@ -116,3 +116,13 @@ async def test_serve_refuses_to_start_without_a_secret_when_given_a_database(dat
         stderr=asyncio.subprocess.PIPE)
     _, err = await process.communicate()
     assert process.returncode == 2 and b"JWT_SECRET" in err
+
+
+async def test_psql_command_runs_sql_against_the_configured_database(database_url):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "psql", "-tA", "-c", "SELECT count(*) >= 0 FROM executions",
+        env={**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": "x"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()[-500:]
+    assert out.decode().strip() == "t"
