@@ -116,13 +116,6 @@ async def get_owners(pool: aiopg.Pool, execution_ids: list[str]) -> dict[str, st
     return {row["id"]: row["owner"] for row in rows}
 
 
-async def get_execution_seqs(pool: aiopg.Pool, execution_ids: list[str]) -> dict[str, int]:
-    rows = await _fetch(
-        pool, "SELECT id::text AS id, seq FROM executions WHERE id = ANY(%s::uuid[])", (execution_ids,)
-    )
-    return {row["id"]: row["seq"] for row in rows}
-
-
 async def list_executions(
     pool: aiopg.Pool, *, owner: str | None, status: str | None, workflow_id: str | None,
     limit: int, after: "Cursor | None",
