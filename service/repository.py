@@ -103,6 +103,13 @@ async def get_execution(pool: aiopg.Pool, execution_id: str) -> dict | None:
     )
 
 
+async def get_execution_head(pool: aiopg.Pool, execution_id: str) -> dict | None:
+    """What a new subscriber is checked against: owner, status and seqs, not the (large) result."""
+    return await _fetch_one(
+        pool, "SELECT id::text AS id, owner, status, seq, status_seq, pruned_through_seq "
+        "FROM executions WHERE id = %s", (execution_id,))
+
+
 async def get_executions(pool: aiopg.Pool, execution_ids: list[str]) -> list[dict]:
     """One read for a whole batch of changed executions."""
     return await _fetch(

@@ -97,7 +97,7 @@ class SubscriptionHub:
     # -- a new subscriber's first read -------------------------------------------------------
 
     async def current(self, execution_id: str) -> dict | None:
-        return await repository.get_execution(self._pool, execution_id)
+        return await repository.get_execution_head(self._pool, execution_id)
 
     async def owners(self, execution_ids: list[str]) -> dict[str, str]:
         return await repository.get_owners(self._pool, execution_ids)
