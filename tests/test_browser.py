@@ -10,8 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import aiohttp
 import pytest
 
 from .actors import JWT_SECRET, token_for
-from .test_process import free_port
+from .servers import free_port, wait_ready
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -50,19 +48,11 @@ class ServerProcess:
     def start(self) -> None:
         self.process = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=self.env,
                                         stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.base}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError("server did not become ready")
+        try:
+            wait_ready(self.base, self.process)
+        except AssertionError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """SIGTERM: sockets get 1001, the process exits."""

@@ -9,7 +9,6 @@ import pytest
 
 from service.demo_worker import DemoSettings, ExecutionRun, claim, run_worker, seed_workflows
 
-from .actors import Actor
 
 FAST = DemoSettings(speed=200.0, concurrency=2, fail_rate=0.0, poll_seconds=0.2)
 

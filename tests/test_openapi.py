@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 
@@ -19,7 +18,7 @@ from service.config import Config
 from service.openapi import openapi_document
 
 from .actors import JWT_SECRET, auth, token_for
-from .test_process import free_port
+from .servers import free_port, wait_ready
 
 WORKER_TOKEN = token_for("schemathesis-worker", "worker")
 SCHEMA = schemathesis.openapi.from_dict(openapi_document())
@@ -56,20 +55,6 @@ async def test_the_document_is_served_without_a_token(client):
     assert {"400", "401", "403", "404", "409", "413", "422"} <= patch["responses"].keys()
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error"]
-
-
-def wait_ready(base: str, process: subprocess.Popen) -> None:
-    for _ in range(200):
-        if process.poll() is not None:
-            raise AssertionError("server exited")
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready")
 
 
 def post(base: str, path: str, body: dict) -> dict:

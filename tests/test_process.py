@@ -4,40 +4,13 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 
 import aiohttp
 import websockets
 
 from .actors import JWT_SECRET, token_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def start_server(database_url: str, log_file, **env) -> tuple[asyncio.subprocess.Process, int]:
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "serve",
-        env={**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET, "PORT": str(port),
-             "LOG_FORMAT": "json", **env},
-        stdout=log_file, stderr=log_file,
-    )
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        return process, port
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    process.kill()
-    raise AssertionError("server did not become ready")
+from .servers import start_server
 
 
 async def test_served_process_pushes_sql_changes_to_a_websockets_client_and_stops_on_sigterm(

@@ -21,7 +21,7 @@ from service.embedded_db import start_embedded_postgres
 from service.migrations import apply_migrations
 
 from .actors import Actor, auth, token_for
-from .test_process import start_server
+from .servers import start_server
 
 
 async def read_until_closed(ws, timeout: float = 20) -> tuple[list[dict], int | None]:

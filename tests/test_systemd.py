@@ -11,7 +11,7 @@ import aiohttp
 
 from service.systemd_notify import SystemdNotifier
 
-from .test_process import start_server
+from .servers import start_server
 
 
 class NotifySocket:
