@@ -18,7 +18,6 @@ class Event:
     kind: str
     text: str
     terminal: bool = False
-    owner: str = ""
     # When the change committed (the row's updated_at or ts), for the commit-to-send metric.
     committed_at: str | datetime.datetime | None = None
     frame: bytes = dataclasses.field(init=False, repr=False, compare=False)
@@ -80,7 +79,6 @@ def status_event(row: dict, *, extra: dict | None = None, terminal: bool = True)
         kind="status",
         text=encode(message),
         terminal=terminal and row["status"] in TERMINAL_STATUSES,
-        owner=row["owner"],
         committed_at=row["updated_at"],
     )
 

@@ -227,17 +227,16 @@ async def prune_history(pool: aiopg.Pool, older_than_days: float) -> dict[str, i
 # it changed since), node history and log lines. One statement, so one consistent snapshot.
 EVENTS_AFTER = f"""
     WITH wanted AS (SELECT * FROM unnest(%s::uuid[], %s::bigint[]) AS w(id, after))
-    SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq, e.owner,
-           to_jsonb(s) AS data
+    SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq, to_jsonb(s) AS data
     FROM wanted w JOIN executions e ON e.id = w.id,
          LATERAL (SELECT {EXECUTION_COLUMNS}) s
     WHERE e.status_seq > w.after
     UNION ALL
-    SELECT 'node', v.execution_id::text, v.seq, '', to_jsonb(v) || jsonb_build_object('title', n.title)
+    SELECT 'node', v.execution_id::text, v.seq, to_jsonb(v) || jsonb_build_object('title', n.title)
     FROM wanted w JOIN node_events v ON v.execution_id = w.id AND v.seq > w.after
          JOIN execution_nodes n ON n.execution_id = v.execution_id AND n.node_id = v.node_id
     UNION ALL
-    SELECT 'log', l.execution_id::text, l.seq, '', to_jsonb(l)
+    SELECT 'log', l.execution_id::text, l.seq, to_jsonb(l)
     FROM wanted w JOIN execution_logs l ON l.execution_id = w.id AND l.seq > w.after
     ORDER BY execution_id, seq
 """
@@ -257,8 +256,6 @@ class PushReader:
     and the reconcile from sharing it at once."""
 
     APPLICATION_NAME = "aiagent-live hub"
-    # Columns of an events_after row, in order.
-    KIND, EXECUTION_ID, SEQ, OWNER, DATA = range(5)
 
     def __init__(self, dsn: str):
         self._dsn = dsn
@@ -294,7 +291,7 @@ class PushReader:
                 raise
 
     async def events_after(self, after: dict[str, int]) -> list[tuple]:
-        """repository.events_after's rows as tuples (KIND, EXECUTION_ID, SEQ, OWNER, DATA)."""
+        """repository.events_after's rows as tuples (kind, execution_id, seq, data)."""
         ids = list(after)
         return await self._execute("EXECUTE hub_events_after(%s::uuid[], %s::bigint[])",
                                    (ids, [after[i] for i in ids]))
@@ -312,18 +309,18 @@ async def snapshot(pool: aiopg.Pool, execution_id: str, log_tail: int) -> list[d
     """A fresh view in one statement: the status, every node's current state (in workflow order),
     the last log lines. The first row is the status, with `upto` (the execution's seq)."""
     return await _fetch(pool, f"""
-        SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq, e.owner,
+        SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq,
                to_jsonb(s) AS data, e.seq AS upto, 0 AS part, 0::bigint AS ord
         FROM executions e, LATERAL (SELECT {EXECUTION_COLUMNS}) s WHERE e.id = %s
         UNION ALL
-        SELECT 'node', n.execution_id::text, n.seq, '',
+        SELECT 'node', n.execution_id::text, n.seq,
                to_jsonb(n) - 'output' || jsonb_build_object(
                    'output_preview', left(n.output::text, 65536), 'output_size', length(n.output::text)),
                NULL, 1, n.position
         FROM execution_nodes n WHERE n.execution_id = %s
         UNION ALL
         SELECT * FROM (
-            SELECT 'log', l.execution_id::text, l.seq, '', to_jsonb(l), NULL::bigint, 2, l.seq
+            SELECT 'log', l.execution_id::text, l.seq, to_jsonb(l), NULL::bigint, 2, l.seq
             FROM execution_logs l WHERE l.execution_id = %s ORDER BY l.seq DESC LIMIT %s) tail
         ORDER BY part, ord
     """, (execution_id, execution_id, execution_id, log_tail))

@@ -152,7 +152,7 @@ class SubscriptionHub:
     async def _read_and_publish(self, after: dict[str, int]) -> None:
         rows = await self._reader.events_after(after)
         preview_limit = self._preview_limit
-        for kind, execution_id, seq, _owner, data in rows:
+        for kind, execution_id, seq, data in rows:
             watchers = self._watchers.get(execution_id)
             # Not built at all when nobody watches any more or it was published already.
             if watchers and seq > self._published.get(execution_id, 0):
