@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 
 import aiohttp
 import websockets
@@ -56,18 +57,34 @@ async def test_served_process_pushes_sql_changes_to_a_websockets_client_and_stop
     assert "server.ready" in events and "ws.subscribed" in events
 
 
-async def test_migrate_twice_at_once_is_safe(database_url):
+async def test_migrate_twice_at_once_on_an_empty_database_applies_each_file_once(database_url, sql):
+    """Two runners race on a fresh database: the lock lets one apply everything, the other nothing."""
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    from service.migrations import migration_files
+
+    name = f"migrate_race_{uuid.uuid4().hex[:8]}"
+    await sql.execute(f"CREATE DATABASE {name}")
+    fresh_url = make_dsn(**{**parse_dsn(database_url), "dbname": name})
+
     async def migrate():
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "service", "migrate",
-            env={**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": "x"},
+            env={**os.environ, "DATABASE_URL": fresh_url, "JWT_SECRET": "x"},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await process.communicate()
         return process.returncode, out.decode()
 
-    results = await asyncio.gather(migrate(), migrate())
-    assert [code for code, _ in results] == [0, 0]
-    assert all("none pending" in out for _, out in results)
+    try:
+        results = await asyncio.gather(migrate(), migrate())
+        assert [code for code, _ in results] == [0, 0], results
+        outputs = sorted(out for _, out in results)
+        assert outputs[0].startswith("applied 0 migration(s): none pending"), outputs
+        assert outputs[1].startswith(f"applied {len(migration_files())} migration(s)"), outputs
+        again = await migrate()
+        assert again[0] == 0 and "none pending" in again[1]
+    finally:
+        await sql.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 async def test_token_command_prints_a_token_the_server_accepts(database_url):
