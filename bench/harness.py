@@ -564,9 +564,10 @@ class Bench:
         time.sleep(0.3)
         missed_commits, _ = self.write(self.writers[:1], [ids], 0, 30, "s5away", max_count=len(ids))
         last = {c[0]: c[1] for c in missed_commits}
-        replies = broadcast(self.clients, "reconnect", 120, concurrency=z.connect_concurrency, timeout=60)
-        started = min(r["started"] for r in replies)
-        self.wait_quiet(self.quiet_for(design), 15)
+        with self.profiling(design, "S5"):
+            replies = broadcast(self.clients, "reconnect", 120, concurrency=z.connect_concurrency, timeout=60)
+            started = min(r["started"] for r in replies)
+            self.wait_quiet(self.quiet_for(design), 15)
         sockets = self.dump()
         self.stop_server()
         caught, missed, repeated, reordered = [], 0, 0, 0
@@ -708,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(BENCH_DIR / "results"), help="directory for the results")
     parser.add_argument("--name", help="file stem of the results (default: latest, quick or smoke)")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy the service during S1-S3 (raw stacks under OUT/profile-NAME/)")
+                        help="py-spy the service during S1, S2, S3 and S5 (raw stacks under OUT/profile-NAME/)")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"

@@ -13,7 +13,6 @@ from .cors import cors
 from .http_middlewares import json_errors, request_context
 from .metrics import http_metrics, setup_metrics
 from .pg_listener import PgListener
-from .repository import PushReader
 from .routes import setup_routes
 from .socket_limits import SocketsPerSubject
 from .subscription_hub import SubscriptionHub
@@ -59,7 +58,7 @@ async def db_pool_ctx(app: web.Application):
 async def hub_ctx(app: web.Application):
     config = app[config_key]
     hub = SubscriptionHub(
-        app[db_pool_key], PushReader(config.database_url), preview_limit=config.ws_output_preview_chars,
+        app[db_pool_key], config.database_url, preview_limit=config.ws_output_preview_chars,
         log_tail=config.ws_log_tail, metrics=app[metrics_key])
     app[hub_key] = hub
     yield

@@ -1,6 +1,7 @@
 """Bearer tokens: HS256 JWTs with claims sub, role and exp."""
 
 import dataclasses
+import functools
 import time
 
 import jwt
@@ -39,6 +40,17 @@ def issue_token(secret: str, sub: str, role: str, ttl_seconds: float) -> str:
 def verify_token(secret: str, token: str | None) -> Principal:
     if not token:
         raise InvalidToken("missing bearer token")
+    principal = _verified(secret, token)
+    # Checked on every use: a remembered token expires like any other.
+    if principal.expires_at <= time.time():
+        raise InvalidToken("token expired")
+    return principal
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified(secret: str, token: str) -> Principal:
+    """The signature check, remembered per token: clients reconnect with the token they had, and
+    a reconnect storm would otherwise spend its time on HMACs. Refusals are not remembered."""
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "role", "exp"]}

@@ -13,6 +13,8 @@ from .typedefs import hub_key, listener_key, metrics_key
 
 # Commit-to-send latency buckets: push is meant to take milliseconds; the tail shows reconciles.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A reconnect storm shows as large batches; a quiet service reads one subscriber at a time.
+CATCH_UP_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500)
 
 
 class Metrics:
@@ -25,7 +27,7 @@ class Metrics:
             ["route", "method", "status"], registry=self.registry)
         self.open_sockets = Gauge(
             "aiagent_open_sockets", "WebSocket connections currently open.", registry=self.registry)
-        # The push path (subscription_hub.py, socket_outbox.py) records these four.
+        # The push path (subscription_hub.py, socket_outbox.py) records these five.
         self.messages_sent = Counter(
             "aiagent_messages_sent", "Messages written to WebSockets, by message type.",
             ["type"], registry=self.registry)
@@ -36,13 +38,12 @@ class Metrics:
         self.reconcile_corrections = Counter(
             "aiagent_reconcile_corrections",
             "Changes a periodic reconcile found that no notification had announced.", registry=self.registry)
+        self.catch_up_batch_size = Histogram(
+            "aiagent_catch_up_batch_size", "New subscribers whose first read (snapshot or events since) "
+            "was made together, in one statement.", buckets=CATCH_UP_BUCKETS, registry=self.registry)
         self.slow_client_closes = Counter(
             "aiagent_slow_client_closes", "Sockets closed with 1013 because the client could not keep up, "
             "by reason (queue_full, send_timeout).", ["reason"], registry=self.registry)
-
-    def observe_commit_to_send(self, committed_at: datetime.datetime) -> None:
-        """Record one message's latency from the commit timestamp of the row it carries."""
-        self.commit_to_send_seconds.observe(max(0.0, time.time() - committed_at.timestamp()))
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """The exposition format the scraper asked for (Prometheus text 0.0.4 by default, or OpenMetrics)."""

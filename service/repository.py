@@ -103,13 +103,6 @@ async def get_execution(pool: aiopg.Pool, execution_id: str) -> dict | None:
     )
 
 
-async def get_execution_head(pool: aiopg.Pool, execution_id: str) -> dict | None:
-    """What a new subscriber is checked against: owner, status and seqs, not the (large) result."""
-    return await _fetch_one(
-        pool, "SELECT id::text AS id, owner, status, seq, status_seq, pruned_through_seq "
-        "FROM executions WHERE id = %s", (execution_id,))
-
-
 async def get_executions(pool: aiopg.Pool, execution_ids: list[str]) -> list[dict]:
     """One read for a whole batch of changed executions."""
     return await _fetch(
@@ -226,7 +219,7 @@ async def prune_history(pool: aiopg.Pool, older_than_days: float) -> dict[str, i
 # Every event of the given executions after the given seqs, in seq order: the current status (if
 # it changed since), node history and log lines. One statement, so one consistent snapshot.
 EVENTS_AFTER = f"""
-    WITH wanted AS (SELECT * FROM unnest(%s::uuid[], %s::bigint[]) AS w(id, after))
+    WITH wanted AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS w(id, after))
     SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq, to_jsonb(s) AS data
     FROM wanted w JOIN executions e ON e.id = w.id,
          LATERAL (SELECT {EXECUTION_COLUMNS}) s
@@ -241,37 +234,73 @@ EVENTS_AFTER = f"""
     ORDER BY execution_id, seq
 """
 
+# What new subscribers lack, for many at once ($1 ids, $2 their `since` or NULL, $3 the owner each
+# may see or NULL for all, $4 how many log lines a snapshot ends with). Rows per request (`ord`):
+# first its head (owner, status, seqs, and whether `since` can be honoured: `resume`); then, when
+# it can, every event after `since` in seq order, else a snapshot: the status, every node's state
+# in workflow order, the last log lines. An execution the viewer may not see has no rows at all.
+CATCH_UP = f"""
+    WITH wanted AS (
+        SELECT w.ord, w.since, e.id, e.owner, e.status, e.seq, e.status_seq,
+               w.since IS NOT NULL AND e.pruned_through_seq <= w.since AND w.since <= e.seq AS resume
+        FROM unnest($1::uuid[], $2::bigint[], $3::text[]) WITH ORDINALITY AS w(id, since, viewer, ord)
+        JOIN executions e ON e.id = w.id AND (w.viewer IS NULL OR e.owner = w.viewer)
+    )
+    SELECT w.ord, 'head' AS kind, w.id::text AS execution_id, w.seq, jsonb_build_object(
+               'owner', w.owner, 'status', w.status, 'status_seq', w.status_seq, 'resume', w.resume) AS data,
+           0 AS part, 0::bigint AS pos
+    FROM wanted w
+    UNION ALL
+    SELECT w.ord, 'status', w.id::text, e.status_seq, to_jsonb(s), 1, CASE WHEN w.resume THEN e.status_seq ELSE 0 END
+    FROM wanted w JOIN executions e ON e.id = w.id, LATERAL (SELECT {EXECUTION_COLUMNS}) s
+    WHERE NOT w.resume OR e.status_seq > w.since
+    UNION ALL
+    SELECT w.ord, 'node', w.id::text, v.seq, to_jsonb(v) || jsonb_build_object('title', n.title), 1, v.seq
+    FROM wanted w JOIN node_events v ON w.resume AND v.execution_id = w.id AND v.seq > w.since
+         JOIN execution_nodes n ON n.execution_id = v.execution_id AND n.node_id = v.node_id
+    UNION ALL
+    SELECT w.ord, 'node', w.id::text, n.seq, to_jsonb(n) - 'output' || jsonb_build_object(
+               'output_preview', left(n.output::text, 65536), 'output_size', length(n.output::text)),
+           2, n.position
+    FROM wanted w JOIN execution_nodes n ON NOT w.resume AND n.execution_id = w.id
+    UNION ALL
+    SELECT w.ord, 'log', w.id::text, l.seq, to_jsonb(l), 1, l.seq
+    FROM wanted w JOIN execution_logs l ON w.resume AND l.execution_id = w.id AND l.seq > w.since
+    UNION ALL
+    SELECT w.ord, 'log', w.id::text, t.seq, t.data, 3, t.seq
+    FROM wanted w, LATERAL (
+        SELECT l.seq, to_jsonb(l) AS data FROM execution_logs l
+        WHERE NOT w.resume AND l.execution_id = w.id ORDER BY l.seq DESC LIMIT $4) t
+    ORDER BY ord, part, pos
+"""
 
-async def events_after(pool: aiopg.Pool, after: dict[str, int]) -> list[dict]:
-    """What happened to each execution after its seq: status, node and log events, in seq order."""
-    ids = list(after)
-    return await _fetch(pool, EVENTS_AFTER, (ids, [after[i] for i in ids]))
 
-
-class PushReader:
+class PreparedReader:
     """The hub's reads on a connection of its own: no pool round trip, statements prepared once
-    per connection (no parse or plan per change, a short EXECUTE on the wire), tuple rows.
+    per connection (no parse or plan per read, a short EXECUTE on the wire), tuple rows.
 
-    The connection opens on first use and after any error; a lock keeps the listener's batches
-    and the reconcile from sharing it at once."""
+    The connection opens on first use and after any error; a lock keeps reads from sharing it at
+    once. The hub keeps two, so a storm of new subscribers never delays a live change."""
 
-    APPLICATION_NAME = "aiagent-live hub"
+    STATEMENTS = {
+        "events_after(uuid[], bigint[])": EVENTS_AFTER,
+        "seqs(uuid[])": "SELECT id::text, seq FROM executions WHERE id = ANY($1)",
+        "catch_up(uuid[], bigint[], text[], integer)": CATCH_UP,
+    }
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, application_name: str):
         self._dsn = dsn
+        self.application_name = application_name
         self._conn: aiopg.Connection | None = None
         self._lock = asyncio.Lock()
 
     async def _connection(self) -> aiopg.Connection:
         if self._conn is None or self._conn.closed:
-            conn = await aiopg.connect(self._dsn, enable_hstore=False, application_name=self.APPLICATION_NAME)
+            conn = await aiopg.connect(self._dsn, enable_hstore=False, application_name=self.application_name)
             try:
                 async with conn.cursor() as cur:
-                    await cur.execute(
-                        "PREPARE hub_events_after(uuid[], bigint[]) AS "
-                        + EVENTS_AFTER.replace("%s::uuid[]", "$1").replace("%s::bigint[]", "$2"))
-                    await cur.execute(
-                        "PREPARE hub_seqs(uuid[]) AS SELECT id::text, seq FROM executions WHERE id = ANY($1)")
+                    for signature, sql in self.STATEMENTS.items():
+                        await cur.execute(f"PREPARE {signature} AS {sql}")
             except BaseException:
                 conn.close()
                 raise
@@ -291,39 +320,29 @@ class PushReader:
                 raise
 
     async def events_after(self, after: dict[str, int]) -> list[tuple]:
-        """repository.events_after's rows as tuples (kind, execution_id, seq, data)."""
+        """Rows (kind, execution_id, seq, data) of every event after each execution's seq."""
         ids = list(after)
-        return await self._execute("EXECUTE hub_events_after(%s::uuid[], %s::bigint[])",
+        return await self._execute("EXECUTE events_after(%s::uuid[], %s::bigint[])",
                                    (ids, [after[i] for i in ids]))
 
     async def execution_seqs(self, execution_ids: list[str]) -> dict[str, int]:
-        return dict(await self._execute("EXECUTE hub_seqs(%s::uuid[])", (execution_ids,)))
+        return dict(await self._execute("EXECUTE seqs(%s::uuid[])", (execution_ids,)))
+
+    async def catch_up(self, requests: list[tuple[str, int | None, str | None]], log_tail: int) -> list[list[tuple]]:
+        """For each (execution_id, since, viewer): its rows (kind, execution_id, seq, data), the
+        head first; no rows when it does not exist or the viewer (None: anyone) may not see it."""
+        ids, sinces, viewers = zip(*requests)
+        rows = await self._execute("EXECUTE catch_up(%s::uuid[], %s::bigint[], %s::text[], %s)",
+                                   (list(ids), list(sinces), list(viewers), log_tail))
+        grouped: list[list[tuple]] = [[] for _ in requests]
+        for ord_, kind, execution_id, seq, data, _part, _pos in rows:
+            grouped[ord_ - 1].append((kind, execution_id, seq, data))
+        return grouped
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-async def snapshot(pool: aiopg.Pool, execution_id: str, log_tail: int) -> list[dict]:
-    """A fresh view in one statement: the status, every node's current state (in workflow order),
-    the last log lines. The first row is the status, with `upto` (the execution's seq)."""
-    return await _fetch(pool, f"""
-        SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq,
-               to_jsonb(s) AS data, e.seq AS upto, 0 AS part, 0::bigint AS ord
-        FROM executions e, LATERAL (SELECT {EXECUTION_COLUMNS}) s WHERE e.id = %s
-        UNION ALL
-        SELECT 'node', n.execution_id::text, n.seq,
-               to_jsonb(n) - 'output' || jsonb_build_object(
-                   'output_preview', left(n.output::text, 65536), 'output_size', length(n.output::text)),
-               NULL, 1, n.position
-        FROM execution_nodes n WHERE n.execution_id = %s
-        UNION ALL
-        SELECT * FROM (
-            SELECT 'log', l.execution_id::text, l.seq, to_jsonb(l), NULL::bigint, 2, l.seq
-            FROM execution_logs l WHERE l.execution_id = %s ORDER BY l.seq DESC LIMIT %s) tail
-        ORDER BY part, ord
-    """, (execution_id, execution_id, execution_id, log_tail))
 
 
 # -- pagination ------------------------------------------------------------------------------

@@ -11,12 +11,17 @@ import aiopg
 import structlog
 
 from . import repository
-from .messages import Event, event_from_parts, event_from_row, status_event
+from .auth import Principal
+from .messages import Event, event_from_parts, status_event
+from .read_batcher import ReadBatcher
 from .socket_outbox import SocketOutbox
 
 log = structlog.get_logger(__name__)
 
 FEED_MEMORY = 10_000  # executions whose last fed status is remembered, to not feed it twice
+CATCH_UP_BATCH = 500  # new subscribers read in one statement at most
+LIVE_READER = "aiagent-live hub"
+CATCH_UP_READER = "aiagent-live catch-up"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +45,13 @@ class SubscriptionHub:
     own writer sends them.
     """
 
-    def __init__(self, pool: aiopg.Pool, reader: repository.PushReader, *, preview_limit: int, log_tail: int,
-                 metrics=None):
+    def __init__(self, pool: aiopg.Pool, dsn: str, *, preview_limit: int, log_tail: int, metrics=None):
         self._pool = pool
-        self._reader = reader
+        # Live changes and new subscribers read on connections of their own, so a reconnect storm
+        # never holds up a change on its way out.
+        self._reader = repository.PreparedReader(dsn, application_name=LIVE_READER)
+        self._catch_up_reader = repository.PreparedReader(dsn, application_name=CATCH_UP_READER)
+        self._catch_ups = ReadBatcher(self._read_catch_ups, max_batch=CATCH_UP_BATCH)
         self.metrics = metrics
         if metrics is not None:
             self._sent_counters = {kind: metrics.messages_sent.labels(kind) for kind in ("status", "node", "log")}
@@ -96,29 +104,38 @@ class SubscriptionHub:
 
     # -- a new subscriber's first read -------------------------------------------------------
 
-    async def current(self, execution_id: str) -> dict | None:
-        return await repository.get_execution_head(self._pool, execution_id)
-
     async def owners(self, execution_ids: list[str]) -> dict[str, str]:
         return await repository.get_owners(self._pool, execution_ids)
 
-    async def catch_up(self, execution_id: str, outbox: SocketOutbox, since: int | None, current: dict) -> dict:
-        """Offer a new subscriber (registered already) what it lacks: with `since`, every event
-        after it; without it, or when `since` is older than what is kept, a snapshot: the status,
-        every node, the last log lines, marked "resync" when it replaces a resume.
-        Returns the execution's status data."""
-        if since is not None and current["pruned_through_seq"] <= since <= current["seq"]:
-            rows = await repository.events_after(self._pool, {execution_id: since})
+    async def catch_up(self, execution_id: str, outbox: SocketOutbox, since: int | None,
+                       principal: Principal) -> dict | None:
+        """Offer a new subscriber (registered already, its live events held) what it lacks: with
+        `since`, every event after it; without it, or when `since` is older than what is kept, a
+        snapshot: the status, every node, the last log lines, marked "resync" when it replaces a
+        resume. Returns the execution's head (owner, status, status_seq), or None, having offered
+        nothing, when it does not exist or the principal may not see it.
+
+        Concurrent subscribers are read together, in one statement per batch."""
+        viewer = None if principal.sees_everything else principal.sub
+        rows = await self._catch_ups.read((execution_id, since, viewer))
+        if not rows or not principal.may_see(rows[0][3]["owner"]):
+            return None
+        (_, _, upto, head), events = rows[0], rows[1:]
+        preview_limit = self._preview_limit
+        if head["resume"]:
             outbox.offer_catch_up(
-                execution_id, [event_from_row(row, self._preview_limit) for row in rows], after=since)
-            return current
-        rows = await repository.snapshot(self._pool, execution_id, self._log_tail)
-        head = rows[0]
-        extra = {"resync": True} if since is not None else None
-        # A final status comes first here, not last: the close waits until the snapshot is out.
-        events = [event_from_row(row, self._preview_limit, extra=extra, terminal=False) for row in rows]
-        outbox.offer_snapshot(execution_id, events, upto=head["upto"])
-        return head["data"]
+                execution_id, [event_from_parts(*row, preview_limit) for row in events], after=since)
+        else:
+            extra = {"resync": True} if since is not None else None
+            # A final status comes first here, not last: the close waits until the snapshot is out.
+            outbox.offer_snapshot(execution_id, [
+                event_from_parts(*row, preview_limit, extra=extra, terminal=False) for row in events], upto=upto)
+        return head
+
+    async def _read_catch_ups(self, requests: list[tuple]) -> list[list[tuple]]:
+        if self.metrics is not None:
+            self.metrics.catch_up_batch_size.observe(len(requests))
+        return await self._catch_up_reader.catch_up(requests, self._log_tail)
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -187,7 +204,9 @@ class SubscriptionHub:
                     outbox.offer_feed(event)
 
     def close(self) -> None:
+        self._catch_ups.close()
         self._reader.close()
+        self._catch_up_reader.close()
 
     # -- shutdown ----------------------------------------------------------------------------
 

@@ -77,21 +77,21 @@ class SocketSession:
         """Check, register, then read what the client lacks. None if it is not visible."""
         if execution_id not in self.subscriptions and len(self.subscriptions) >= self.config.ws_max_subscriptions:
             raise BadMessage(f"too many subscriptions on this socket (limit {self.config.ws_max_subscriptions})")
-        # Owners never change, so checking first means nothing of another user's execution is
-        # ever queued on this socket.
-        current = await self.hub.current(execution_id)
-        if current is None or not self.principal.may_see(current["owner"]):
-            return None
+        # Live events are held back until the catch-up read is in; for an execution this token
+        # may not see, they are dropped unsent with the subscription.
         self.subscriptions.add(execution_id)
         self.outbox.hold(execution_id)
         self.hub.subscribe(execution_id, self.outbox)
         try:
-            status = await self.hub.catch_up(execution_id, self.outbox, since, current)
+            head = await self.hub.catch_up(execution_id, self.outbox, since, self.principal)
         except BaseException:
             self.unsubscribe(execution_id)
             raise
-        log.info("ws.subscribed", execution_id=execution_id, since=since, seq=status["status_seq"])
-        return status
+        if head is None:
+            self.unsubscribe(execution_id)
+            return None
+        log.info("ws.subscribed", execution_id=execution_id, since=since, seq=head["status_seq"])
+        return head
 
     def unsubscribe(self, execution_id: str) -> None:
         self.subscriptions.discard(execution_id)

@@ -9,7 +9,7 @@ from aiohttp import WSMsgType
 from prometheus_client import CollectorRegistry, Counter
 
 from service.messages import Event, text_frame
-from service.repository import PushReader
+from service.subscription_hub import CATCH_UP_READER, LIVE_READER
 from service.socket_outbox import CLOSE_TOO_SLOW, SocketOutbox
 
 from .test_metrics import scrape, value
@@ -164,12 +164,27 @@ async def test_hub_reads_survive_losing_their_connection(user, sql, database_url
         async with aiopg.connect(database_url, enable_hstore=False) as conn:
             async with conn.cursor() as cur:
                 await cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE application_name = %s", (PushReader.APPLICATION_NAME,))
+                                  "WHERE application_name = %s", (LIVE_READER,))
         await sql.execute("UPDATE executions SET message='two' WHERE id=%s", (execution["id"],))
         # The first read fails; the reconcile (1 s in tests) reads again on a fresh connection.
         assert (await next_status(ws, timeout=10))["message"] == "two"
         await sql.execute("UPDATE executions SET message='three' WHERE id=%s", (execution["id"],))
         assert (await next_status(ws))["message"] == "three"
+
+
+async def test_a_new_subscriber_is_served_after_the_catch_up_connection_was_terminated(user, database_url):
+    execution = await user.create_execution()
+    async with user.ws(execution["id"]) as ws:
+        await drain_snapshot(ws)
+    async with aiopg.connect(database_url, enable_hstore=False) as conn:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE application_name = %s", (CATCH_UP_READER,))
+            assert (await cur.fetchone())[0] >= 1
+    # A terminated backend is noticed (its connection closes), and the next read opens a new one.
+    async with user.ws(execution["id"]) as ws:
+        snapshot = await drain_snapshot(ws)
+        assert snapshot[0]["execution_id"] == execution["id"]
 
 
 async def test_push_metrics_count_messages_latency_and_corrections(client, user, sql):

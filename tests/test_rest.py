@@ -1,5 +1,6 @@
 """REST: every endpoint's success path and each error status, with the error body checked."""
 
+import asyncio
 import io
 import json
 import uuid
@@ -253,6 +254,16 @@ async def test_token_signed_with_another_secret_is_401(client):
     forged = jwt.encode({"sub": "a", "role": "admin", "exp": time.time() + 60}, "other-secret-0123456789abcdef0123", "HS256")
     status, body = await raw(client, "GET", "/api/v1/executions", headers=auth(forged))
     assert_error(status, body, 401, "unauthorized")
+
+
+async def test_a_token_accepted_before_is_refused_once_it_expires(client):
+    token = token_for("a", ttl=1)
+    status, _ = await raw(client, "GET", "/api/v1/executions", headers=auth(token))
+    assert status == 200
+    await asyncio.sleep(2.1)
+    status, body = await raw(client, "GET", "/api/v1/executions", headers=auth(token))
+    assert_error(status, body, 401, "unauthorized")
+    assert body["error"]["message"] == "token expired"
 
 
 async def test_unknown_route_and_method_use_the_error_shape(client):

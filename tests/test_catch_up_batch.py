@@ -1,0 +1,154 @@
+"""New subscribers that arrive together are read together: one statement for many sockets, and
+each socket still gets exactly its own snapshot or its own events since, nobody else's."""
+
+import asyncio
+import uuid
+
+import pytest
+from aiohttp import WSMsgType
+
+from service.read_batcher import ReadBatcher
+
+from .test_metrics import scrape, value
+
+
+# -- the batcher on its own ------------------------------------------------------------------
+
+class Reads:
+    """A read_many that records each batch and answers when told to."""
+
+    def __init__(self):
+        self.batches: list[list] = []
+        self.release = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def __call__(self, requests: list) -> list:
+        self.batches.append(list(requests))
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [f"result of {r}" for r in requests]
+
+
+async def test_reads_made_together_go_in_one_batch_and_later_ones_in_the_next():
+    reads = Reads()
+    batcher = ReadBatcher(reads, max_batch=100)
+    first = [asyncio.create_task(batcher.read(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert reads.batches == [[0, 1, 2]]
+    later = [asyncio.create_task(batcher.read(i)) for i in range(3, 5)]
+    await asyncio.sleep(0)
+    reads.release.set()
+    assert await asyncio.gather(*first, *later) == [f"result of {i}" for i in range(5)]
+    assert reads.batches == [[0, 1, 2], [3, 4]]
+
+
+async def test_batches_are_capped():
+    reads = Reads()
+    reads.release.set()
+    batcher = ReadBatcher(reads, max_batch=2)
+    assert await asyncio.gather(*(batcher.read(i) for i in range(5))) == [f"result of {i}" for i in range(5)]
+    assert reads.batches == [[0, 1], [2, 3], [4]]
+
+
+async def test_a_failed_read_reaches_every_caller_of_its_batch_and_the_next_batch_still_runs():
+    reads = Reads()
+    batcher = ReadBatcher(reads, max_batch=100)
+    doomed = [asyncio.create_task(batcher.read(i)) for i in range(2)]
+    await asyncio.sleep(0)
+    fine = asyncio.create_task(batcher.read(9))
+    reads.fail = ConnectionError("database went away")
+    reads.release.set()
+    await asyncio.sleep(0)
+    reads.fail = None
+    for task in doomed:
+        with pytest.raises(ConnectionError):
+            await task
+    assert await fine == "result of 9"
+
+
+async def test_a_caller_that_gives_up_leaves_the_others_their_results():
+    reads = Reads()
+    batcher = ReadBatcher(reads, max_batch=100)
+    gone, kept = asyncio.create_task(batcher.read("gone")), asyncio.create_task(batcher.read("kept"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    reads.release.set()
+    assert await kept == "result of kept"
+    assert gone.cancelled()
+
+
+@pytest.mark.parametrize("reading", [False, True], ids=["before the first read", "during a read"])
+async def test_close_cancels_whoever_still_waits(reading):
+    reads = Reads()
+    batcher = ReadBatcher(reads, max_batch=1)
+    waiting = [asyncio.create_task(batcher.read(i)) for i in range(2)]
+    await asyncio.sleep(0)
+    if reading:
+        await asyncio.sleep(0)
+    assert reads.batches == ([[0]] if reading else [])
+    batcher.close()
+    done = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(d, asyncio.CancelledError) for d in done)
+
+
+# -- through the service ---------------------------------------------------------------------
+
+async def messages_until_quiet(ws, quiet: float = 0.5) -> tuple[list[dict], int | None]:
+    """Every message until none came for `quiet` seconds or the socket closed; and its close code."""
+    received = []
+    while True:
+        try:
+            msg = await ws.receive(timeout=quiet)
+        except asyncio.TimeoutError:
+            return received, None
+        if msg.type != WSMsgType.TEXT:
+            return received, ws.close_code
+        received.append(msg.json())
+
+
+async def test_sockets_connecting_together_each_get_exactly_their_own_view(client, user, worker, other_user):
+    executions = []
+    for i in range(8):
+        execution = await user.create_execution()
+        base = f"/api/v1/executions/{execution['id']}"
+        await worker.request("PATCH", base, json={"status": "running", "message": f"run {i}"})  # seq 2
+        await worker.request("POST", f"{base}/logs", json={"message": f"{i}: first"})         # 3
+        await worker.request("PATCH", f"{base}/nodes/plan", json={"status": "running"})       # 4
+        await worker.request("POST", f"{base}/logs", json={"message": f"{i}: second"})        # 5
+        executions.append(execution["id"])
+    missing = str(uuid.uuid4())
+    before = await scrape(client)
+
+    sockets = {}
+    for i, execution_id in enumerate(executions):
+        sockets[("snapshot", i)] = user.ws(execution_id)
+        sockets[("since 3", i)] = user.ws(execution_id, since="3")
+        sockets[("not theirs", i)] = other_user.ws(execution_id)
+    sockets[("missing", 0)] = user.ws(missing)
+    opened = dict(zip(sockets, await asyncio.gather(*(s.__aenter__() for s in sockets.values()))))
+    try:
+        results = dict(zip(opened, await asyncio.gather(*(messages_until_quiet(ws) for ws in opened.values()))))
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened.values()))
+
+    for (kind, i), (received, close_code) in results.items():
+        if kind in ("not theirs", "missing"):
+            assert (received, close_code) == ([], 4404), (kind, i)
+            continue
+        assert close_code is None, (kind, i)
+        assert {m["execution_id"] for m in received} == {executions[i]}, "nothing of another execution"
+        if kind == "snapshot":
+            assert [m["type"] for m in received] == ["status", "node", "node", "log", "log"]
+            assert received[0]["message"] == f"run {i}" and received[0]["seq"] == 2
+            assert [m["message"] for m in received[3:]] == [f"{i}: first", f"{i}: second"]
+        else:
+            assert [(m["type"], m["seq"]) for m in received] == [("node", 4), ("log", 5)]
+            assert received[1]["message"] == f"{i}: second"
+
+    after = await scrape(client)
+    subscribers = value(after, "aiagent_catch_up_batch_size_sum") - value(before, "aiagent_catch_up_batch_size_sum")
+    reads = value(after, "aiagent_catch_up_batch_size_count") - value(before, "aiagent_catch_up_batch_size_count")
+    assert subscribers == len(sockets)
+    assert reads < subscribers, "sockets that connected together were read together"
