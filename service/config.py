@@ -12,6 +12,7 @@ DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "aiage
 class Config:
     host: str = "127.0.0.1"
     port: int = 8037
+    listen_backlog: int = 4096
     database_url: str = ""
     data_dir: str = "var"
     db_pool_min: int = 1

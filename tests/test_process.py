@@ -3,11 +3,13 @@
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import uuid
 
 import aiohttp
+import pytest
 import websockets
 
 from .actors import JWT_SECRET, token_for
@@ -55,6 +57,23 @@ async def test_served_process_pushes_sql_changes_to_a_websockets_client_and_stop
     assert token not in logs and token.split(".")[2] not in logs, "a token reached the logs"
     events = [json.loads(line)["event"] for line in logs.splitlines() if line.startswith("{")]
     assert "server.ready" in events and "ws.subscribed" in events
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs iproute2's ss to read a listen backlog")
+async def test_the_listen_backlog_holds_a_reconnect_storm(database_url, tmp_path):
+    with open(tmp_path / "server.log", "wb") as log_file:
+        process, port = await start_server(database_url, log_file, LISTEN_BACKLOG="1000")
+    try:
+        ss = await asyncio.create_subprocess_exec(
+            "ss", "-ltnH", f"sport = :{port}", stdout=asyncio.subprocess.PIPE)
+        out, _ = await ss.communicate()
+        # For a listening socket, ss shows the backlog as Send-Q (capped by net.core.somaxconn).
+        [line] = out.decode().splitlines()
+        with open("/proc/sys/net/core/somaxconn") as f:
+            assert int(line.split()[2]) == min(1000, int(f.read()))
+    finally:
+        process.terminate()
+        await process.wait()
 
 
 async def test_migrate_twice_at_once_on_an_empty_database_applies_each_file_once(database_url, sql):
