@@ -2,7 +2,6 @@
 of messages one socket may send."""
 
 import collections
-import contextlib
 import time
 
 CLOSE_TOO_MANY_SOCKETS = 4429
@@ -15,19 +14,18 @@ class SocketsPerSubject:
         self.limit = limit
         self._open: collections.Counter[str] = collections.Counter()
 
-    @contextlib.contextmanager
-    def hold(self, subject: str):
-        """Yields False (and holds nothing) when the subject is at its limit."""
+    def admit(self, subject: str) -> bool:
+        """Count one more socket for the subject; False (nothing counted) at its limit.
+        Every True is paired with a release()."""
         if self._open[subject] >= self.limit:
-            yield False
-            return
+            return False
         self._open[subject] += 1
-        try:
-            yield True
-        finally:
-            self._open[subject] -= 1
-            if not self._open[subject]:
-                del self._open[subject]
+        return True
+
+    def release(self, subject: str) -> None:
+        self._open[subject] -= 1
+        if not self._open[subject]:
+            del self._open[subject]
 
 
 class MessageRate:

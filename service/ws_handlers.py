@@ -5,6 +5,7 @@ GET /api/v1/ws                   {"type": "subscribe", ...} for any number of ex
 """
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -248,31 +249,31 @@ async def open_socket(request: web.Request) -> tuple[web.WebSocketResponse, Prin
     return ws, principal
 
 
-async def execution_socket(request: web.Request) -> web.WebSocketResponse:
-    """/api/v1/ws/executions/{id}: the current status, then every change, then 1000 when it ends."""
-    return await serve_socket(request, single_execution=True)
-
-
-async def multiplexed_socket(request: web.Request) -> web.WebSocketResponse:
-    """/api/v1/ws: subscribe and unsubscribe to executions and to the executions feed."""
-    return await serve_socket(request, single_execution=False)
-
-
 async def serve_socket(request: web.Request, *, single_execution: bool) -> web.WebSocketResponse:
     ws, principal = await open_socket(request)
     if principal is None:
         return ws
-    with request.app[socket_counts_key].hold(principal.sub) as admitted:
-        if not admitted:
-            await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
-            return ws
+    sockets = request.app[socket_counts_key]
+    if not sockets.admit(principal.sub):
+        await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
+        return ws
+    try:
         session = SocketSession(request, ws, principal, request.app[config_key], request.app[hub_key],
                                 single_execution=single_execution)
-        if single_execution and not await watch_path_execution(request, session):
-            return ws
-        session.use_token(principal)
-        await session.run()
+        if not single_execution or await watch_path_execution(request, session):
+            session.use_token(principal)
+            await session.run()
+    finally:
+        sockets.release(principal.sub)
     return ws
+
+
+# The route handlers. Partials, not wrapper coroutines: every open socket keeps its handler's
+# frames for as long as it lives, so each frame saved is saved 10,000 times.
+# /api/v1/ws/executions/{id}: the current status, then every change, then 1000 when it ends.
+execution_socket = functools.partial(serve_socket, single_execution=True)
+# /api/v1/ws: subscribe and unsubscribe to executions and to the executions feed.
+multiplexed_socket = functools.partial(serve_socket, single_execution=False)
 
 
 async def watch_path_execution(request: web.Request, session: SocketSession) -> bool:
