@@ -10,13 +10,15 @@ from aiohttp.http_websocket import WSCloseCode
 
 from .config import Config
 from .cors import cors
+from .heartbeat import Heartbeat
 from .http_middlewares import json_errors, request_context
 from .metrics import http_metrics, setup_metrics
 from .pg_listener import PgListener
 from .routes import setup_routes
 from .socket_limits import SocketsPerSubject
 from .subscription_hub import SubscriptionHub
-from .typedefs import config_key, db_pool_key, hub_key, listener_key, listener_task_key, metrics_key, socket_counts_key
+from .typedefs import (config_key, db_pool_key, heartbeat_key, hub_key, listener_key, listener_task_key, metrics_key,
+                       socket_counts_key)
 
 log = structlog.get_logger(__name__)
 
@@ -32,10 +34,11 @@ def create_app(config: Config) -> web.Application:
     app[config_key] = config
     setup_metrics(app)
     app[socket_counts_key] = SocketsPerSubject(config.ws_max_sockets_per_subject)
+    app[heartbeat_key] = Heartbeat(config.ws_heartbeat_seconds)
     setup_routes(app)
     # In dependency order: the pool, then the hub that reads through it, then the listener and
-    # the reconcile that feed the hub.
-    app.cleanup_ctx.extend([db_pool_ctx, hub_ctx, listener_ctx, reconcile_ctx])
+    # the reconcile that feed the hub; the sockets' heartbeat needs none of them.
+    app.cleanup_ctx.extend([db_pool_ctx, hub_ctx, listener_ctx, reconcile_ctx, heartbeat_ctx])
     app.on_shutdown.append(close_sockets)
     return app
 
@@ -93,6 +96,11 @@ async def listener_ctx(app: web.Application):
 
 async def reconcile_ctx(app: web.Application):
     async with background(reconcile_forever(app[hub_key], app[config_key].reconcile_interval_seconds)):
+        yield
+
+
+async def heartbeat_ctx(app: web.Application):
+    async with background(app[heartbeat_key].run()):
         yield
 
 

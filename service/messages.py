@@ -39,6 +39,18 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
+def control_event(opcode: int, payload: bytes = b"") -> Event:
+    """A ping (0x9) or pong (0xA) to queue like any message: a control frame, final, unmasked,
+    at most 125 bytes of payload (RFC 6455 5.5)."""
+    event = Event("", 0, "control", "")
+    object.__setattr__(event, "frame", struct.pack("!BB", 0x80 | opcode, len(payload)) + payload[:125])
+    return event
+
+
+PING_OPCODE, PONG_OPCODE = 0x9, 0xA
+PING = control_event(PING_OPCODE)  # the same frame for every socket
+
+
 def encode(message: dict) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 

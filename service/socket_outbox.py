@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_websocket import WSCloseCode
 
-from .messages import Event
+from .messages import PING, PONG_OPCODE, Event, control_event
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +32,7 @@ class SocketOutbox:
     """
 
     __slots__ = ("_ws", "_protocol", "_capacity", "_send_timeout", "_close_on_terminal", "_metrics",
-                 "_queue", "_writer", "_cursors", "_held", "_close", "_close_timer")
+                 "_queue", "_writer", "_cursors", "_held", "_close", "_close_timer", "unanswered_ping")
 
     def __init__(self, ws: web.WebSocketResponse, protocol: BaseProtocol, *, capacity: int,
                  send_timeout: float, close_on_terminal: bool = True, metrics=None):
@@ -50,6 +50,8 @@ class SocketOutbox:
         self._held: dict[str, list[Event]] | None = None
         self._close: tuple[int, str] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        # Set by ping(), cleared by heard(): still set at the next heartbeat round means the peer is gone.
+        self.unanswered_ping = False
 
     @property
     def closing(self) -> bool:
@@ -133,6 +135,32 @@ class SocketOutbox:
         """A reply to the client (pong, error): never merged, never deduplicated."""
         if self._close is None:
             self._send(Event("", 0, "reply", text))
+
+    # -- the heartbeat (heartbeat.py) -----------------------------------------------------------
+
+    def heard(self) -> None:
+        """A frame came from the peer (a pong or anything else): it is alive."""
+        self.unanswered_ping = False
+
+    def ping(self) -> None:
+        if self._close is None:
+            self._send(PING)
+            self.unanswered_ping = True
+
+    def send_pong(self, payload: bytes) -> None:
+        """The answer a ping from the peer is owed (RFC 6455 5.5.2), in order with the rest."""
+        if self._close is None:
+            self._send(control_event(PONG_OPCODE, payload))
+
+    def drop_silent_peer(self) -> None:
+        """No frame since the last ping: drop the connection (no close frame, as for a lost one)."""
+        log.info("ws.peer_silent")
+        self._close = PEER_GONE
+        if self._queue:
+            self._queue.clear()
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.close()
 
     def close(self, code: int, reason: str, *, drain: bool) -> None:
         """Close the socket once the queue is sent (drain) or at once, dropping what is queued."""

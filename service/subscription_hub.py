@@ -58,8 +58,11 @@ class SubscriptionHub:
         self._preview_limit = preview_limit
         self._log_tail = log_tail
         self._watchers: dict[str, set[SocketOutbox]] = {}
-        # Highest seq already offered to the watchers of each execution.
+        # Highest seq already offered to the watchers of each execution, and announced for it by
+        # the listener (a reconcile that finds a change announced but still being read did not
+        # correct anything).
         self._published: dict[str, int] = {}
+        self._announced: dict[str, int] = {}
         self._feeds: dict[SocketOutbox, FeedFilter] = {}
         self._fed: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._emptied = asyncio.Event()
@@ -82,6 +85,7 @@ class SubscriptionHub:
             if not watchers:
                 del self._watchers[execution_id]
                 self._published.pop(execution_id, None)
+                self._announced.pop(execution_id, None)
         self._note_if_empty()
 
     def subscribe_feed(self, outbox: SocketOutbox, feed: FeedFilter) -> None:
@@ -141,30 +145,33 @@ class SubscriptionHub:
 
     async def on_notified(self, announced: dict[str, int]) -> None:
         """The listener's batch: execution id -> highest seq announced. Reads only what is news."""
-        stale = {
-            execution_id: self._published.get(execution_id, 0)
-            for execution_id, seq in announced.items()
-            if execution_id in self._watchers and seq > self._published.get(execution_id, 0)
-        }
+        stale = {}
+        for execution_id, seq in announced.items():
+            if execution_id in self._watchers:
+                self._announced[execution_id] = max(seq, self._announced.get(execution_id, 0))
+                if seq > self._published.get(execution_id, 0):
+                    stale[execution_id] = self._published.get(execution_id, 0)
         if stale:
             await self._read_and_publish(stale)
         if self._feeds:
             await self._feed(list(announced))
 
     async def reconcile(self) -> int:
-        """Re-read every watched execution; returns how many had moved without being announced."""
+        """Re-read every watched execution that moved; returns how many had moved without being announced."""
         watched = list(self._watchers)
         if not watched:
             return 0
         seqs = await self._reader.execution_seqs(watched)
         moved = {eid: self._published.get(eid, 0) for eid, seq in seqs.items()
                  if seq > self._published.get(eid, 0)}
+        # Read again even when announced: the listener's read may have failed.
+        unannounced = sum(1 for eid in moved if seqs[eid] > self._announced.get(eid, 0))
         if moved:
             await self._read_and_publish(moved)
-            log.info("hub.reconciled", moved=len(moved))
+            log.info("hub.reconciled", moved=len(moved), unannounced=unannounced)
         if self.metrics is not None:
-            self.metrics.reconcile_corrections.inc(len(moved))
-        return len(moved)
+            self.metrics.reconcile_corrections.inc(unannounced)
+        return unannounced
 
     async def _read_and_publish(self, after: dict[str, int]) -> None:
         rows = await self._reader.events_after(after)

@@ -7,6 +7,7 @@ import aiopg
 from aiohttp import web
 
 from .config import Config
+from .heartbeat import Heartbeat
 from .pg_listener import PgListener
 from .socket_limits import SocketsPerSubject
 from .subscription_hub import SubscriptionHub
@@ -22,3 +23,4 @@ listener_key = web.AppKey("listener", PgListener)
 listener_task_key = web.AppKey("listener_task", asyncio.Task)
 metrics_key: web.AppKey["Metrics"] = web.AppKey("metrics")
 socket_counts_key = web.AppKey("socket_counts", SocketsPerSubject)
+heartbeat_key = web.AppKey("heartbeat", Heartbeat)

@@ -20,7 +20,7 @@ from .schemas import STATUSES
 from .socket_limits import CLOSE_TOO_MANY_SOCKETS, MessageRate
 from .socket_outbox import SocketOutbox
 from .subscription_hub import FeedFilter, SubscriptionHub
-from .typedefs import config_key, hub_key, socket_counts_key
+from .typedefs import config_key, heartbeat_key, hub_key, socket_counts_key
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +138,12 @@ class SocketSession:
 
     async def answer(self, msg) -> None:
         """Act on one client frame; a bad one gets an `error` and the socket stays open."""
+        self.outbox.heard()
+        if msg.type == WSMsgType.PING:
+            self.outbox.send_pong(msg.data)
+            return
+        if msg.type == WSMsgType.PONG:
+            return
         if not self.rate.allow():
             if self.rate.should_report_refusal():
                 self.outbox.send_text(messages.error(
@@ -237,7 +243,9 @@ async def open_socket(request: web.Request) -> tuple[web.WebSocketResponse, Prin
     # socket (compression would be per socket, and status messages are small).
     # autoclose off: the outbox sends the close frame itself and the session's read loop gets the
     # answer (SocketOutbox.finish completes the handshake either way).
-    ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat_seconds, max_msg_size=config.ws_max_message_bytes,
+    # heartbeat and autoping off: heartbeat.py pings every socket on one timer, and the session
+    # answers the peer's pings itself (SocketSession.answer).
+    ws = web.WebSocketResponse(heartbeat=None, autoping=False, max_msg_size=config.ws_max_message_bytes,
                                compress=False, autoclose=False)
     await ws.prepare(request)
     try:
@@ -253,17 +261,19 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.W
     ws, principal = await open_socket(request)
     if principal is None:
         return ws
-    sockets = request.app[socket_counts_key]
+    sockets, heartbeat = request.app[socket_counts_key], request.app[heartbeat_key]
     if not sockets.admit(principal.sub):
         await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
         return ws
+    session = SocketSession(request, ws, principal, request.app[config_key], request.app[hub_key],
+                            single_execution=single_execution)
+    heartbeat.add(session.outbox)
     try:
-        session = SocketSession(request, ws, principal, request.app[config_key], request.app[hub_key],
-                                single_execution=single_execution)
         if not single_execution or await watch_path_execution(request, session):
             session.use_token(principal)
             await session.run()
     finally:
+        heartbeat.discard(session.outbox)
         sockets.release(principal.sub)
     return ws
 

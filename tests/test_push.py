@@ -264,6 +264,36 @@ async def test_protocol_heartbeat_closes_a_peer_that_does_not_answer(aiohttp_cli
             assert msg.type == WSMsgType.PING and asyncio.get_running_loop().time() < deadline
 
 
+async def test_a_peer_that_answers_pings_stays_through_many_heartbeats(aiohttp_client, config, sql):
+    import dataclasses
+    from service.app import create_app
+    from .actors import Actor
+
+    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_heartbeat_seconds=0.2)))
+    user = Actor(client)
+    execution = await user.create_execution()
+    # aiohttp's client answers pings by itself (autoping, while receiving) and sends nothing else.
+    async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}", headers=user.headers) as ws:
+        await drain_snapshot(ws)
+        # Seven rounds with nothing to read: a missed answer would have closed it after two.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.receive(), 1.5)
+        await sql.execute("UPDATE executions SET status='running', message='still here' WHERE id=%s",
+                          (execution["id"],))
+        assert (await next_status(ws))["message"] == "still here"
+
+
+async def test_a_protocol_ping_from_the_client_gets_its_pong(user):
+    async with user.client.ws_connect(f"/api/v1/ws/executions/{(await user.create_execution())['id']}",
+                                      headers=user.headers, autoping=False) as ws:
+        await drain_snapshot(ws)
+        await ws.ping(b"are you there")
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (WSMsgType.PONG, b"are you there")
+        await ws.send_json({"type": "ping"})
+        assert await next_json(ws) == {"type": "pong"}
+
+
 # -- large rows, dead listeners, slow clients ------------------------------------------------
 
 async def test_a_1mb_result_reaches_the_socket_intact(user, sql):

@@ -13,6 +13,7 @@ from service.pg_listener import APPLICATION_NAME
 from service.typedefs import listener_key
 
 from .actors import Actor
+from .test_metrics import scrape, value
 from .test_push import next_status
 
 
@@ -98,6 +99,8 @@ async def test_reconcile_delivers_while_the_listener_is_a_black_hole(aiohttp_cli
         # Within the reconcile period (plus scheduling), though no notification arrived.
         assert asyncio.get_running_loop().time() - started < 3
         assert client.app[listener_key].connected, "the listener still believes it is connected"
+    samples = await scrape(client)
+    assert value(samples, "aiagent_reconcile_corrections_total") == 1, "the metric shows what the listener missed"
 
 
 async def test_an_unanswered_ping_replaces_a_silent_listener(aiohttp_client, config, proxy, sql):
