@@ -71,12 +71,13 @@ def main() -> None:
     parser.add_argument("--group-by", default="lineno", choices=("lineno", "filename"))
     args = parser.parse_args()
     configure_logging("warning")
-    server = start_embedded_postgres(tempfile.mkdtemp(prefix="aiagent-probe-"), throwaway=True)
-    try:
-        asyncio.run(apply_migrations(server.get_uri()))
-        asyncio.run(probe(server.get_uri(), args.sockets, args.group_by))
-    finally:
-        server.cleanup()
+    with tempfile.TemporaryDirectory(prefix="aiagent-probe-") as data_dir:
+        server = start_embedded_postgres(data_dir, throwaway=True)
+        try:
+            asyncio.run(apply_migrations(server.get_uri()))
+            asyncio.run(probe(server.get_uri(), args.sockets, args.group_by))
+        finally:
+            server.cleanup()
 
 
 if __name__ == "__main__":

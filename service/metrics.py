@@ -1,8 +1,6 @@
 """Prometheus metrics: one registry per app (several apps in one process never clash), /metrics."""
 
 import asyncio
-import datetime
-import time
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram

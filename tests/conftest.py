@@ -2,7 +2,6 @@
 
 import asyncio
 import os
-import tempfile
 
 import aiopg
 import pytest
@@ -14,14 +13,15 @@ from service.migrations import apply_migrations
 from .actors import JWT_SECRET, Actor
 
 @pytest.fixture(scope="session")
-def database_url():
+def database_url(tmp_path_factory):
     """TEST_DATABASE_URL when given, else a throwaway embedded PostgreSQL; migrated once."""
     url = os.environ.get("TEST_DATABASE_URL")
     server = None
     if not url:
         from service.embedded_db import start_embedded_postgres
 
-        server = start_embedded_postgres(tempfile.mkdtemp(prefix="aiagent-test-"), throwaway=True)
+        # Under pytest's temporary directory, which pytest prunes (the server deletes only its pgdata).
+        server = start_embedded_postgres(tmp_path_factory.mktemp("postgres"), throwaway=True)
         url = server.get_uri()
     asyncio.run(apply_migrations(url))
     yield url

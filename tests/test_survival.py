@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import signal
-import tempfile
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -109,8 +108,8 @@ async def test_two_processes_on_one_database_each_socket_receives_every_change(d
 class RestartablePostgres:
     """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
 
-    def __init__(self):
-        self.server = start_embedded_postgres(tempfile.mkdtemp(prefix="aiagent-restart-"), throwaway=True)
+    def __init__(self, data_dir):
+        self.server = start_embedded_postgres(data_dir, throwaway=True)
         self.url = self.server.get_uri()
         self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
 
@@ -135,8 +134,8 @@ class RestartablePostgres:
 
 
 @pytest.fixture(scope="module")
-def restartable_postgres():
-    postgres = RestartablePostgres()
+def restartable_postgres(tmp_path_factory):
+    postgres = RestartablePostgres(tmp_path_factory.mktemp("restartable-postgres"))
     asyncio.run(apply_migrations(postgres.url))
     yield postgres
     postgres.cleanup()
