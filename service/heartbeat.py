@@ -41,6 +41,8 @@ class Heartbeat:
         return dropped
 
     async def run(self) -> None:
+        if self.period <= 0:
+            return  # turned off in the configuration
         while True:
             await asyncio.sleep(self.period)
             self.beat()

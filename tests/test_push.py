@@ -283,6 +283,22 @@ async def test_a_peer_that_answers_pings_stays_through_many_heartbeats(aiohttp_c
         assert (await next_status(ws))["message"] == "still here"
 
 
+async def test_a_zero_heartbeat_turns_pings_off(aiohttp_client, config):
+    import dataclasses
+    from service.app import create_app
+    from .actors import Actor
+
+    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_heartbeat_seconds=0)))
+    user = Actor(client)
+    execution = await user.create_execution()
+    async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}",
+                                 headers=user.headers, autoping=False) as ws:
+        await drain_snapshot(ws)
+        with pytest.raises(asyncio.TimeoutError):
+            msg = await ws.receive(timeout=1)
+            raise AssertionError(f"expected nothing, got {msg}")
+
+
 async def test_a_protocol_ping_from_the_client_gets_its_pong(user):
     async with user.client.ws_connect(f"/api/v1/ws/executions/{(await user.create_execution())['id']}",
                                       headers=user.headers, autoping=False) as ws:
