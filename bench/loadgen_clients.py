@@ -65,12 +65,13 @@ class RawWebSocket(asyncio.Protocol):
                 return
             status_line = bytes(buffer[:buffer.find(b"\r\n")])
             if status_line.split(b" ", 2)[1:2] != [b"101"]:
-                self.opened.done() or self.opened.set_exception(HandshakeFailed(status_line.decode(errors="replace")))
+                self._fail(HandshakeFailed(status_line.decode(errors="replace")))
                 self.transport.close()
                 return
             del buffer[:end + 4]
             self._upgraded = True
-            self.opened.done() or self.opened.set_result(None)
+            if not self.opened.done():
+                self.opened.set_result(None)
         while len(buffer) >= 2:
             first, second = buffer[0], buffer[1]
             length, start = second & 0x7F, 2
@@ -107,9 +108,13 @@ class RawWebSocket(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(client_frame(OP_CLOSE, struct.pack("!H", code)))
 
-    def connection_lost(self, exc):
+    def _fail(self, exc: Exception) -> None:
         if not self.opened.done():
-            self.opened.set_exception(HandshakeFailed(f"connection lost: {exc}"))
+            self.opened.set_exception(exc)
+            self.opened.exception()  # retrieved: a caller that gave up already must not log it
+
+    def connection_lost(self, exc):
+        self._fail(HandshakeFailed(f"connection lost: {exc}"))
         if not self.closed.done():
             self.closed.set_result(self.close_code)
             self._on_close(self.close_code)
