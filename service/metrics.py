@@ -37,8 +37,9 @@ class Metrics:
             "aiagent_reconcile_corrections",
             "Changes a periodic reconcile found that no notification had announced.", registry=self.registry)
         self.catch_up_batch_size = Histogram(
-            "aiagent_catch_up_batch_size", "New subscribers whose first read (snapshot or events since) "
-            "was made together, in one statement.", buckets=CATCH_UP_BUCKETS, registry=self.registry)
+            "aiagent_catch_up_batch_size", "Distinct first reads of new subscribers (snapshot or events "
+            "since) made together, in one statement; subscribers asking the same share one.",
+            buckets=CATCH_UP_BUCKETS, registry=self.registry)
         self.slow_client_closes = Counter(
             "aiagent_slow_client_closes", "Sockets closed with 1013 because the client could not keep up, "
             "by reason (queue_full, send_timeout).", ["reason"], registry=self.registry)

@@ -5,7 +5,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-Request = TypeVar("Request")
+Request = TypeVar("Request")  # hashable: equal requests are read once
 Result = TypeVar("Result")
 
 
@@ -15,7 +15,9 @@ class ReadBatcher(Generic[Request, Result]):
     No timer: the first request starts a read on the next turn of the event loop, taking every
     request made meanwhile; requests made while a read runs go together in the next one. So a
     lone request waits for nothing, and a burst is read in as many statements as it takes the
-    database to answer them (each at most `max_batch` requests).
+    database to answer them (each for at most `max_batch` callers). Equal requests in one batch
+    are read once and share the result: in a reconnect storm, the sockets of one execution that
+    were all up to date ask for the same thing.
     """
 
     def __init__(self, read_many: Callable[[list[Request]], Awaitable[list[Result]]], *, max_batch: int):
@@ -39,16 +41,17 @@ class ReadBatcher(Generic[Request, Result]):
                 del self._waiting[:self._max_batch]
                 if not batch:
                     continue
+                distinct = list(dict.fromkeys(request for request, _ in batch))
                 try:
-                    results = await self._read_many([request for request, _ in batch])
+                    results = dict(zip(distinct, await self._read_many(distinct), strict=True))
                 except Exception as exc:  # every caller in the batch gets the failure
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                 else:
-                    for (_, future), result in zip(batch, results, strict=True):
+                    for request, future in batch:
                         if not future.done():
-                            future.set_result(result)
+                            future.set_result(results[request])
                 batch = []
         finally:
             self._task = None

@@ -5,6 +5,7 @@ import collections
 import dataclasses
 import datetime
 import time
+import typing
 from collections.abc import Callable
 
 import aiopg
@@ -19,9 +20,18 @@ from .socket_outbox import SocketOutbox
 log = structlog.get_logger(__name__)
 
 FEED_MEMORY = 10_000  # executions whose last fed status is remembered, to not feed it twice
-CATCH_UP_BATCH = 500  # new subscribers read in one statement at most
+CATCH_UP_BATCH = 100  # distinct first reads in one statement at most: bounds what one slow read holds up
 LIVE_READER = "aiagent-live hub"
 CATCH_UP_READER = "aiagent-live catch-up"
+
+
+class CatchUp(typing.NamedTuple):
+    """What a new subscriber lacks, read and encoded once for all who asked the same: the head
+    (owner, status, status_seq, resume), the execution's seq, and the messages in sending order."""
+
+    head: dict
+    upto: int
+    events: list[Event]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,25 +131,34 @@ class SubscriptionHub:
 
         Concurrent subscribers are read together, in one statement per batch."""
         viewer = None if principal.sees_everything else principal.sub
-        rows = await self._catch_ups.read((execution_id, since, viewer))
-        if not rows or not principal.may_see(rows[0][3]["owner"]):
+        found = await self._catch_ups.read((execution_id, since, viewer))
+        if found is None or not principal.may_see(found.head["owner"]):
             return None
-        (_, _, upto, head), events = rows[0], rows[1:]
-        preview_limit = self._preview_limit
+        if found.head["resume"]:
+            outbox.offer_catch_up(execution_id, found.events, after=since)
+        else:
+            outbox.offer_snapshot(execution_id, found.events, upto=found.upto)
+        return found.head
+
+    async def _read_catch_ups(self, requests: list[tuple]) -> list["CatchUp | None"]:
+        """One statement for a batch of distinct (execution_id, since, viewer); each result's
+        messages are encoded here, once, for every socket that asked the same."""
+        if self.metrics is not None:
+            self.metrics.catch_up_batch_size.observe(len(requests))
+        found = await self._catch_up_reader.catch_up(requests, self._log_tail)
+        return [self._catch_up(since, rows) for (_, since, _), rows in zip(requests, found)]
+
+    def _catch_up(self, since: int | None, rows: list[tuple]) -> "CatchUp | None":
+        if not rows:
+            return None
+        (_, _, upto, head), rows = rows[0], rows[1:]
         if head["resume"]:
-            outbox.offer_catch_up(
-                execution_id, [event_from_parts(*row, preview_limit) for row in events], after=since)
+            events = [event_from_parts(*row, self._preview_limit) for row in rows]
         else:
             extra = {"resync": True} if since is not None else None
             # A final status comes first here, not last: the close waits until the snapshot is out.
-            outbox.offer_snapshot(execution_id, [
-                event_from_parts(*row, preview_limit, extra=extra, terminal=False) for row in events], upto=upto)
-        return head
-
-    async def _read_catch_ups(self, requests: list[tuple]) -> list[list[tuple]]:
-        if self.metrics is not None:
-            self.metrics.catch_up_batch_size.observe(len(requests))
-        return await self._catch_up_reader.catch_up(requests, self._log_tail)
+            events = [event_from_parts(*row, self._preview_limit, extra=extra, terminal=False) for row in rows]
+        return CatchUp(head, upto, events)
 
     # -- changes -----------------------------------------------------------------------------
 

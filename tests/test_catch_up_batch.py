@@ -52,6 +52,15 @@ async def test_batches_are_capped():
     assert reads.batches == [[0, 1], [2, 3], [4]]
 
 
+async def test_equal_requests_in_a_batch_are_read_once_and_share_the_result():
+    reads = Reads()
+    reads.release.set()
+    batcher = ReadBatcher(reads, max_batch=100)
+    results = await asyncio.gather(*(batcher.read(r) for r in ["a", "b", "a", "a"]))
+    assert results == ["result of a", "result of b", "result of a", "result of a"]
+    assert reads.batches == [["a", "b"]]
+
+
 async def test_a_failed_read_reaches_every_caller_of_its_batch_and_the_next_batch_still_runs():
     reads = Reads()
     batcher = ReadBatcher(reads, max_batch=100)
@@ -148,7 +157,29 @@ async def test_sockets_connecting_together_each_get_exactly_their_own_view(clien
             assert received[1]["message"] == f"{i}: second"
 
     after = await scrape(client)
-    subscribers = value(after, "aiagent_catch_up_batch_size_sum") - value(before, "aiagent_catch_up_batch_size_sum")
+    # Every socket above asks something different (execution, since or viewer), so none shares.
+    distinct = value(after, "aiagent_catch_up_batch_size_sum") - value(before, "aiagent_catch_up_batch_size_sum")
     reads = value(after, "aiagent_catch_up_batch_size_count") - value(before, "aiagent_catch_up_batch_size_count")
-    assert subscribers == len(sockets)
-    assert reads < subscribers, "sockets that connected together were read together"
+    assert distinct == len(sockets)
+    assert reads < distinct, "sockets that connected together were read together"
+
+
+async def test_sockets_asking_the_same_share_one_read_and_each_gets_all_of_it(client, user, worker):
+    execution = await user.create_execution()
+    base = f"/api/v1/executions/{execution['id']}"
+    await worker.request("PATCH", base, json={"status": "running"})                      # seq 2
+    for i in range(20):
+        await worker.request("POST", f"{base}/logs", json={"message": f"line {i}"})      # 3..22
+    before = await scrape(client)
+    sockets = [user.ws(execution["id"], since="2") for _ in range(30)]
+    opened = await asyncio.gather(*(s.__aenter__() for s in sockets))
+    try:
+        results = await asyncio.gather(*(messages_until_quiet(ws) for ws in opened))
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened))
+    for received, close_code in results:
+        assert close_code is None
+        assert [(m["type"], m["seq"]) for m in received] == [("log", seq) for seq in range(3, 23)]
+    after = await scrape(client)
+    distinct = value(after, "aiagent_catch_up_batch_size_sum") - value(before, "aiagent_catch_up_batch_size_sum")
+    assert distinct < len(sockets), "equal requests made together were read once"
