@@ -1,13 +1,17 @@
 """Committed changes, whoever writes them, reach every socket watching the execution."""
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import uuid
 
 import pytest
 from aiohttp import WSMsgType
 
-from .actors import token_for
+from service.app import create_app
+
+from .actors import Actor, token_for
 
 LEGACY_STATUS_FIELDS = {"type", "execution_id", "status", "progress", "message", "result", "error", "execution_time"}
 
@@ -244,17 +248,20 @@ async def test_oversized_client_frame_closes_with_1009(user, config):
         assert msg.type == WSMsgType.CLOSE and ws.close_code == 1009
 
 
-async def test_protocol_heartbeat_closes_a_peer_that_does_not_answer(aiohttp_client, config):
-    import dataclasses
-    from service.app import create_app
-    from .actors import Actor
-
-    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_heartbeat_seconds=0.5)))
+@contextlib.asynccontextmanager
+async def socket_with_heartbeat(aiohttp_client, config, seconds: float, **ws_options):
+    """A socket past its snapshot, on an app of its own whose heartbeat period is `seconds`."""
+    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_heartbeat_seconds=seconds)))
     user = Actor(client)
     execution = await user.create_execution()
     async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}",
-                                 headers=user.headers, autoping=False) as ws:
+                                 headers=user.headers, **ws_options) as ws:
         await drain_snapshot(ws)
+        yield ws, execution["id"]
+
+
+async def test_protocol_heartbeat_closes_a_peer_that_does_not_answer(aiohttp_client, config):
+    async with socket_with_heartbeat(aiohttp_client, config, 0.5, autoping=False) as (ws, _):
         # The server pings; this client never pongs, so the server gives up on it.
         deadline = asyncio.get_running_loop().time() + 10
         while True:
@@ -265,38 +272,20 @@ async def test_protocol_heartbeat_closes_a_peer_that_does_not_answer(aiohttp_cli
 
 
 async def test_a_peer_that_answers_pings_stays_through_many_heartbeats(aiohttp_client, config, sql):
-    import dataclasses
-    from service.app import create_app
-    from .actors import Actor
-
-    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_heartbeat_seconds=0.2)))
-    user = Actor(client)
-    execution = await user.create_execution()
     # aiohttp's client answers pings by itself (autoping, while receiving) and sends nothing else.
-    async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}", headers=user.headers) as ws:
-        await drain_snapshot(ws)
+    async with socket_with_heartbeat(aiohttp_client, config, 0.2) as (ws, execution_id):
         # Seven rounds with nothing to read: a missed answer would have closed it after two.
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(ws.receive(), 1.5)
         await sql.execute("UPDATE executions SET status='running', message='still here' WHERE id=%s",
-                          (execution["id"],))
+                          (execution_id,))
         assert (await next_status(ws))["message"] == "still here"
 
 
 async def test_a_zero_heartbeat_turns_pings_off(aiohttp_client, config):
-    import dataclasses
-    from service.app import create_app
-    from .actors import Actor
-
-    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_heartbeat_seconds=0)))
-    user = Actor(client)
-    execution = await user.create_execution()
-    async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}",
-                                 headers=user.headers, autoping=False) as ws:
-        await drain_snapshot(ws)
-        with pytest.raises(asyncio.TimeoutError):
-            msg = await ws.receive(timeout=1)
-            raise AssertionError(f"expected nothing, got {msg}")
+    async with socket_with_heartbeat(aiohttp_client, config, 0, autoping=False) as (ws, _):
+        with pytest.raises(asyncio.TimeoutError):  # a ping would be returned: autoping is off
+            await ws.receive(timeout=1)
 
 
 async def test_a_protocol_ping_from_the_client_gets_its_pong(user):
