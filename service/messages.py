@@ -26,28 +26,33 @@ class Event:
         object.__setattr__(self, "frame", text_frame(self.text))
 
 
-def text_frame(text: str) -> bytes:
-    """An unmasked, uncompressed, final WebSocket text frame (RFC 6455 5.2): what a server sends."""
-    payload = text.encode()
+TEXT_OPCODE, CLOSE_OPCODE, PING_OPCODE, PONG_OPCODE = 0x1, 0x8, 0x9, 0xA
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked, uncompressed, final WebSocket frame (RFC 6455 5.2): what a server sends."""
     size = len(payload)
     if size < 126:
-        header = struct.pack("!BB", 0x81, size)
+        header = struct.pack("!BB", 0x80 | opcode, size)
     elif size < 65536:
-        header = struct.pack("!BBH", 0x81, 126, size)
+        header = struct.pack("!BBH", 0x80 | opcode, 126, size)
     else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
     return header + payload
 
 
+def text_frame(text: str) -> bytes:
+    return server_frame(TEXT_OPCODE, text.encode())
+
+
 def control_event(opcode: int, payload: bytes = b"") -> Event:
-    """A ping (0x9) or pong (0xA) to queue like any message: a control frame, final, unmasked,
-    at most 125 bytes of payload (RFC 6455 5.5)."""
+    """A ping or pong to queue like any message (a control frame carries at most 125 bytes,
+    RFC 6455 5.5)."""
     event = Event("", 0, "control", "")
-    object.__setattr__(event, "frame", struct.pack("!BB", 0x80 | opcode, len(payload)) + payload[:125])
+    object.__setattr__(event, "frame", server_frame(opcode, payload[:125]))
     return event
 
 
-PING_OPCODE, PONG_OPCODE = 0x9, 0xA
 PING = control_event(PING_OPCODE)  # the same frame for every socket
 
 

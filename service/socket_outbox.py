@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_websocket import WSCloseCode
 
-from .messages import PING, PONG_OPCODE, Event, control_event
+from .messages import CLOSE_OPCODE, PING, PONG_OPCODE, Event, control_event, server_frame
 
 log = structlog.get_logger(__name__)
 
@@ -181,8 +181,7 @@ class SocketOutbox:
         if transport is None or transport.is_closing() or self._ws.closed:
             return
         code, reason = self._close
-        payload = struct.pack("!H", code) + reason.encode()[:123]
-        transport.write(struct.pack("!BB", 0x88, len(payload)) + payload)
+        transport.write(server_frame(CLOSE_OPCODE, struct.pack("!H", code) + reason.encode()[:123]))
         self._close_timer = asyncio.get_running_loop().call_later(self._send_timeout, transport.close)
 
     # -- sending -----------------------------------------------------------------------------

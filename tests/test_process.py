@@ -60,7 +60,7 @@ async def test_served_process_pushes_sql_changes_to_a_websockets_client_and_stop
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs iproute2's ss to read a listen backlog")
-async def test_the_listen_backlog_holds_a_reconnect_storm(database_url, tmp_path):
+async def test_the_server_listens_with_the_configured_backlog(database_url, tmp_path):
     with open(tmp_path / "server.log", "wb") as log_file:
         process, port = await start_server(database_url, log_file, LISTEN_BACKLOG="1000")
     try:
