@@ -337,3 +337,40 @@ async def test_live_client_stops_on_4401_and_4404_and_renews_tokens(server, page
     # Expires in 3 to 4 s (exp is whole seconds); the socket outlives it on the same connection.
     refreshed = await page.evaluate(REFRESH_PROBE, [server.base, eid, api.token, token_for(api.sub, ttl=4)])
     assert refreshed == {"state": "live", "connections": 1, "fresh": 1}, refreshed
+
+
+IDLE_SOCKET_PROBE = """
+async ([url, idleMs]) => {
+  // The platform's original front-end code: a bare WebSocket that only listens.
+  const ws = new WebSocket(url);
+  const received = [];
+  let closed = null;
+  ws.onmessage = (event) => received.push(JSON.parse(event.data));
+  ws.onclose = (event) => { closed = event.code; };
+  await new Promise((resolve) => { ws.onopen = resolve; });
+  await new Promise((resolve) => setTimeout(resolve, idleMs));
+  window.idleSocket = { ws, received, closed: () => closed };
+  return { readyState: ws.readyState, closed, types: received.map((m) => m.type) };
+}
+"""
+
+
+async def test_a_browser_socket_answers_the_heartbeat_and_stays(database_url, browser, sql, tmp_path):
+    # The browser, not our code, answers protocol pings; at 0.3 s a round, 4 s idle are 13 rounds.
+    process = ServerProcess(database_url, tmp_path / "server.log")
+    process.env["WS_HEARTBEAT_SECONDS"] = "0.3"
+    process.start()
+    try:
+        api = Api(process.base, f"browser-{uuid.uuid4().hex[:8]}")
+        eid = (await api.execution(nodes=()))["id"]
+        page = await browser.new_page()
+        await page.goto(process.base + "/static/live-client.js")  # the service's origin
+        url = f"ws://127.0.0.1:{process.port}/api/v1/ws/executions/{eid}?access_token={api.token}"
+        idle = await page.evaluate(IDLE_SOCKET_PROBE, [url, 4000])
+        assert idle == {"readyState": 1, "closed": None, "types": ["status"]}, idle
+        await run_sql(sql, "UPDATE executions SET status='running', message='after the idle' WHERE id=%s", eid)
+        await page.wait_for_function("window.idleSocket.received.length === 2", timeout=TIMEOUT_MS)
+        assert await page.evaluate("window.idleSocket.received[1].message") == "after the idle"
+        await page.close()
+    finally:
+        process.close()
