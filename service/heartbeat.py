@@ -27,8 +27,8 @@ class Heartbeat:
     def discard(self, outbox: SocketOutbox) -> None:
         self._sockets.discard(outbox)
 
-    def beat(self) -> int:
-        """One round; returns how many silent peers were dropped."""
+    def beat(self) -> None:
+        """One round."""
         dropped = 0
         for outbox in list(self._sockets):
             if outbox.unanswered_ping:
@@ -38,7 +38,6 @@ class Heartbeat:
                 outbox.ping()
         if dropped:
             log.info("ws.silent_peers_dropped", count=dropped)
-        return dropped
 
     async def run(self) -> None:
         if self.period <= 0:

@@ -139,15 +139,9 @@ def log_message(data: dict) -> dict:
     }
 
 
-def event_from_row(row: dict, preview_limit: int, *, extra: dict | None = None, terminal: bool = True) -> Event:
-    """An Event from a row of repository.events_after or repository.snapshot."""
-    return event_from_parts(row["kind"], row["execution_id"], row["seq"], row["data"], preview_limit,
-                            extra=extra, terminal=terminal)
-
-
 def event_from_parts(kind: str, execution_id: str, seq: int, data: dict, preview_limit: int, *,
                      extra: dict | None = None, terminal: bool = True) -> Event:
-    """The same from the columns of a tuple row (the hub's read)."""
+    """An Event from the columns of a row of the hub's reads (kind, execution_id, seq, data)."""
     if kind == "status":
         return status_event(data, extra=extra, terminal=terminal)
     if kind == "node":

@@ -17,16 +17,16 @@ from .test_metrics import scrape, value
 class Reads:
     """A read_many that records each batch and answers when told to."""
 
-    def __init__(self):
+    def __init__(self, fail_first: Exception | None = None):
         self.batches: list[list] = []
         self.release = asyncio.Event()
-        self.fail: Exception | None = None
+        self.fail_first = fail_first  # raised by the first read only
 
     async def __call__(self, requests: list) -> list:
         self.batches.append(list(requests))
         await self.release.wait()
-        if self.fail is not None:
-            raise self.fail
+        if self.fail_first is not None and len(self.batches) == 1:
+            raise self.fail_first
         return [f"result of {r}" for r in requests]
 
 
@@ -62,19 +62,18 @@ async def test_equal_requests_in_a_batch_are_read_once_and_share_the_result():
 
 
 async def test_a_failed_read_reaches_every_caller_of_its_batch_and_the_next_batch_still_runs():
-    reads = Reads()
+    reads = Reads(fail_first=ConnectionError("database went away"))
     batcher = ReadBatcher(reads, max_batch=100)
     doomed = [asyncio.create_task(batcher.read(i)) for i in range(2)]
-    await asyncio.sleep(0)
+    while not reads.batches:  # the first read is under way
+        await asyncio.sleep(0)
     fine = asyncio.create_task(batcher.read(9))
-    reads.fail = ConnectionError("database went away")
     reads.release.set()
-    await asyncio.sleep(0)
-    reads.fail = None
     for task in doomed:
         with pytest.raises(ConnectionError):
             await task
     assert await fine == "result of 9"
+    assert reads.batches == [[0, 1], [9]]
 
 
 async def test_a_caller_that_gives_up_leaves_the_others_their_results():
