@@ -13,6 +13,7 @@ import tempfile
 import tracemalloc
 
 import psycopg2
+import uvloop
 from aiohttp import web
 
 from service.app import create_app
@@ -75,7 +76,7 @@ def main() -> None:
         server = start_embedded_postgres(data_dir, throwaway=True)
         try:
             asyncio.run(apply_migrations(server.get_uri()))
-            asyncio.run(probe(server.get_uri(), args.sockets, args.group_by))
+            uvloop.run(probe(server.get_uri(), args.sockets, args.group_by))
         finally:
             server.cleanup()
 

@@ -11,7 +11,7 @@ from aiohttp.http_websocket import WSCloseCode
 from .config import Config
 from .cors import cors
 from .heartbeat import Heartbeat
-from .http_middlewares import json_errors, request_context
+from .http_middlewares import json_errors, not_for_sockets, request_context
 from .metrics import http_metrics, setup_metrics
 from .pg_listener import PgListener
 from .routes import setup_routes
@@ -29,7 +29,7 @@ def create_app(config: Config) -> web.Application:
         raise ValueError("create_app needs database_url and jwt_secret")
     # http_metrics outermost, to count the status the client finally got; cors outside
     # json_errors, so error answers carry CORS headers too.
-    app = web.Application(middlewares=[http_metrics, request_context, cors, json_errors],
+    app = web.Application(middlewares=[not_for_sockets(m) for m in (http_metrics, request_context, cors, json_errors)],
                           client_max_size=config.max_body_bytes)
     app[config_key] = config
     setup_metrics(app)

@@ -1,4 +1,5 @@
-"""Browser origins: CORS on the REST API, and WebSocket handshakes from other sites refused.
+"""Browser origins: CORS on the REST API, and WebSocket handshakes from other sites refused
+(socket_handshake.py asks `origin_refused` itself: socket routes skip the middlewares).
 
 An origin is allowed when it is listed in config.allowed_origins ("*" allows any), or when it is
 the service's own (the Origin's host is the request's Host). Requests without an Origin header
@@ -25,6 +26,14 @@ def origin_allowed(request: web.Request, origin: str) -> bool:
     return urlsplit(origin).netloc.lower() == (request.host or "").lower()
 
 
+def origin_refused(request: web.Request) -> web.Response | None:
+    """A 403 for a browser request from an origin not allowed; None for the others."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None or origin_allowed(request, origin):
+        return None
+    return error_body(403, "forbidden", "origin not allowed", {"origin": origin[:200]})
+
+
 @web.middleware
 async def cors(request: web.Request, handler):
     """Preflights answered here (no token needed); allowed origins get CORS headers on every
@@ -33,14 +42,9 @@ async def cors(request: web.Request, handler):
     if origin is None:
         return await handler(request)
     allowed = origin_allowed(request, origin)
-    if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
-        if not allowed:
-            # Another site's page would use a visitor's ?access_token= or cookies: refuse the handshake.
-            return error_body(403, "forbidden", "origin not allowed", {"origin": origin[:200]})
-        return await handler(request)
     if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
         if not allowed:
-            return error_body(403, "forbidden", "origin not allowed", {"origin": origin[:200]})
+            return origin_refused(request)
         return web.Response(status=204, headers={
             hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: origin,
             hdrs.ACCESS_CONTROL_ALLOW_METHODS: ALLOWED_METHODS,

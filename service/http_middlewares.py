@@ -1,4 +1,8 @@
-"""Request id and access log for every request, and the one JSON shape for every error."""
+"""Request id and access log for every request, and the one JSON shape for every error.
+
+WebSocket routes skip the middlewares (`not_for_sockets`); socket_handshake.py does their edge
+work once, at the handshake.
+"""
 
 import asyncio
 import time
@@ -26,12 +30,42 @@ HTTP_CODES = {
 }
 
 
-@web.middleware
-async def request_context(request: web.Request, handler):
-    """Bind a request id to every log line of this request, and log it once when done."""
+def http_error_body(exc: web.HTTPException) -> web.Response:
+    response = error_body(exc.status, HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+    if hdrs.ALLOW in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
+        response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+    return response
+
+
+def bind_request_id(request: web.Request) -> str:
+    """The client's X-Request-ID, or a new one, on every log line of this request from now on."""
     request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    return request_id
+
+
+def not_for_sockets(middleware):
+    """`middleware` for every route but the WebSocket ones (their handlers marked `websocket`).
+
+    A middleware awaiting a handler keeps its frame for as long as the handler runs, and a
+    socket's handler runs for as long as the socket is open: about 300 bytes a middleware, for
+    each of 10,000 idle sockets. Socket handlers do the same edge work once, at the handshake.
+    """
+    @web.middleware
+    def for_http(request: web.Request, handler):
+        # Not a coroutine function: for a socket, the handler's own coroutine is handed back,
+        # so nothing of this stays suspended beside it.
+        if getattr(request.match_info.handler, "websocket", False):
+            return handler(request)
+        return middleware(request, handler)
+    return for_http
+
+
+@web.middleware
+async def request_context(request: web.Request, handler):
+    """Bind a request id to every log line of this request, and log it once when done."""
+    request_id = bind_request_id(request)
     started = time.perf_counter()
     status = 500
     try:
@@ -65,10 +99,7 @@ async def json_errors(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = error_body(exc.status, HTTP_CODES.get(exc.status, "http_error"), exc.reason)
-        if hdrs.ALLOW in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
-            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
-        return response
+        return http_error_body(exc)
     except psycopg2.DataError as exc:
         # A value PostgreSQL refuses (e.g. out of range) that validation let through.
         log.warning("http.data_error", pgcode=exc.pgcode)

@@ -97,13 +97,13 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def count_request(request: web.Request, status: int) -> None:
+    request.app[metrics_key].http_requests.labels(route_label(request), request.method, str(status)).inc()
+
+
 @web.middleware
 async def http_metrics(request: web.Request, handler):
-    """Count every request by route and final status; a WebSocket counts as open while it lives."""
-    metrics = request.app[metrics_key]
-    websocket = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-    if websocket:
-        metrics.open_sockets.inc()
+    """Count every request by route and final status (sockets count at their handshake)."""
     status = 500
     try:
         response = await handler(request)
@@ -116,6 +116,4 @@ async def http_metrics(request: web.Request, handler):
         status = 499  # client gone, or the server shutting down
         raise
     finally:
-        if websocket:
-            metrics.open_sockets.dec()
-        metrics.http_requests.labels(route_label(request), request.method, str(status)).inc()
+        count_request(request, status)

@@ -4,6 +4,7 @@ through a writer task of its own only while it does not, so no socket waits on a
 import asyncio
 import collections
 import struct
+from collections.abc import KeysView
 
 import structlog
 from aiohttp import web
@@ -45,6 +46,7 @@ class SocketOutbox:
         # Created on first need: most sockets never queue anything.
         self._queue: collections.deque[Event] | None = None
         self._writer: asyncio.Task | None = None
+        # The executions this socket watches, from hold() to forget(), and the last seq offered of each.
         self._cursors: dict[str, int] = {}
         # Executions being caught up: their live events wait here until the snapshot is in.
         self._held: dict[str, list[Event]] | None = None
@@ -52,6 +54,11 @@ class SocketOutbox:
         self._close_timer: asyncio.TimerHandle | None = None
         # Set by ping(), cleared by heard(): still set at the next heartbeat round means the peer is gone.
         self.unanswered_ping = False
+
+    @property
+    def watching(self) -> KeysView[str]:
+        """The executions this socket is subscribed to."""
+        return self._cursors.keys()
 
     @property
     def closing(self) -> bool:
@@ -78,8 +85,10 @@ class SocketOutbox:
         return self._send(event)
 
     def hold(self, execution_id: str) -> None:
-        """Subscribed, snapshot not read yet: keep its live events back, so none leaves before
-        (or twice beside) the snapshot or catch-up that offer_snapshot/offer_catch_up bring."""
+        """Subscribed (watched from now until forget), snapshot not read yet: keep its live events
+        back, so none leaves before (or twice beside) the snapshot or catch-up that
+        offer_snapshot/offer_catch_up bring."""
+        self._cursors.setdefault(execution_id, 0)
         if self._held is None:
             self._held = {}
         self._held.setdefault(execution_id, [])

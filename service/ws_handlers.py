@@ -13,21 +13,22 @@ import uuid
 import structlog
 from aiohttp import WSMsgType, web
 
-from . import messages
-from .auth import InvalidToken, Principal, token_from_request, verify_token
+from . import messages, socket_handshake
+from .auth import InvalidToken, Principal, verify_token
 from .config import Config
 from .schemas import STATUSES
+from .socket_handshake import CLOSE_UNAUTHORIZED
 from .socket_limits import CLOSE_TOO_MANY_SOCKETS, MessageRate
 from .socket_outbox import SocketOutbox
 from .subscription_hub import FeedFilter, SubscriptionHub
-from .typedefs import config_key, heartbeat_key, hub_key, socket_counts_key
+from .typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_counts_key
 
 log = structlog.get_logger(__name__)
 
 CLOSE_FINISHED = 1000
-CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 NOT_FOUND = "no such execution"
+CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 
 
 class BadMessage(Exception):
@@ -55,8 +56,7 @@ def parse_execution_id(value) -> str:
 class SocketSession:
     """One open WebSocket: the token in force, its subscriptions, and its outbox."""
 
-    __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "subscriptions", "rate",
-                 "_expiry")
+    __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "rate", "_expiry")
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, principal: Principal, config: Config,
                  hub: SubscriptionHub, *, single_execution: bool):
@@ -68,19 +68,18 @@ class SocketSession:
         self.outbox = SocketOutbox(ws, request.protocol, capacity=config.ws_outbox_capacity,
                                    send_timeout=config.ws_send_timeout_seconds,
                                    close_on_terminal=single_execution, metrics=hub.metrics)
-        self.subscriptions: set[str] = set()
-        self.rate = MessageRate(config.ws_messages_per_second, config.ws_message_burst)
+        self.rate: MessageRate | None = None  # made by the first message: most sockets never send one
         self._expiry: asyncio.TimerHandle | None = None
 
     # -- subscriptions -----------------------------------------------------------------------
 
     async def subscribe(self, execution_id: str, since: int | None) -> dict | None:
         """Check, register, then read what the client lacks. None if it is not visible."""
-        if execution_id not in self.subscriptions and len(self.subscriptions) >= self.config.ws_max_subscriptions:
+        watching = self.outbox.watching
+        if execution_id not in watching and len(watching) >= self.config.ws_max_subscriptions:
             raise BadMessage(f"too many subscriptions on this socket (limit {self.config.ws_max_subscriptions})")
         # Live events are held back until the catch-up read is in; for an execution this token
         # may not see, they are dropped unsent with the subscription.
-        self.subscriptions.add(execution_id)
         self.outbox.hold(execution_id)
         self.hub.subscribe(execution_id, self.outbox)
         try:
@@ -95,7 +94,6 @@ class SocketSession:
         return head
 
     def unsubscribe(self, execution_id: str) -> None:
-        self.subscriptions.discard(execution_id)
         self.hub.unsubscribe(execution_id, self.outbox)
         self.outbox.forget(execution_id)
 
@@ -122,9 +120,9 @@ class SocketSession:
             raise BadMessage(f"auth refused: {exc}; the previous token stays in force") from None
         self.use_token(principal)
         # Permissions are those of the token in force: drop what the new one may not see.
-        if self.subscriptions:
-            owners = await self.hub.owners(list(self.subscriptions))
-            for execution_id in list(self.subscriptions):
+        if self.outbox.watching:
+            owners = await self.hub.owners(list(self.outbox.watching))
+            for execution_id in list(self.outbox.watching):
                 if not principal.may_see(owners.get(execution_id, "")):
                     self.unsubscribe(execution_id)
                     if self.single_execution:
@@ -144,6 +142,8 @@ class SocketSession:
             return
         if msg.type == WSMsgType.PONG:
             return
+        if self.rate is None:
+            self.rate = MessageRate(self.config.ws_messages_per_second, self.config.ws_message_burst)
         if not self.rate.allow():
             if self.rate.should_report_refusal():
                 self.outbox.send_text(messages.error(
@@ -216,74 +216,65 @@ class SocketSession:
 
     # -- the socket's life -------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Read client frames until the socket closes. Sending needs no task of its own: the hub
-        writes through the outbox, whose writer task exists only while something is queued for a
-        slow peer; a close frame from either side ends this loop."""
+    async def finish(self) -> None:
+        """The read loop has ended: complete the closing handshake, then leave the hub."""
+        if self._expiry is not None:
+            self._expiry.cancel()
         try:
-            async for msg in self.ws:
-                await self.answer(msg)
+            await self.outbox.finish()
         finally:
-            if self._expiry is not None:
-                self._expiry.cancel()
-            try:
-                await self.outbox.finish()
-            finally:
-                # Leave the hub only now: a shutdown waits for the hub to empty, so every closing
-                # handshake (1001) completes first.
-                self.hub.drop(self.outbox, self.subscriptions)
-        log.info("ws.closed", code=self.ws.close_code)
+            # Leave the hub only now: a shutdown waits for the hub to empty, so every closing
+            # handshake (1001) completes first.
+            self.hub.drop(self.outbox, self.outbox.watching)
 
 
-async def open_socket(request: web.Request) -> tuple[web.WebSocketResponse, Principal | None]:
-    """Accept the handshake, then authenticate: browsers cannot read an HTTP status from a refused
-    handshake, so a bad token is a close code (4401)."""
-    config = request.app[config_key]
-    # No permessage-deflate: frames are built once per change and written as they are to every
-    # socket (compression would be per socket, and status messages are small).
-    # autoclose off: the outbox sends the close frame itself and the session's read loop gets the
-    # answer (SocketOutbox.finish completes the handshake either way).
-    # heartbeat and autoping off: heartbeat.py pings every socket on one timer, and the session
-    # answers the peer's pings itself (SocketSession.answer).
-    ws = web.WebSocketResponse(heartbeat=None, autoping=False, max_msg_size=config.ws_max_message_bytes,
-                               compress=False, autoclose=False)
-    await ws.prepare(request)
-    try:
-        principal = verify_token(config.jwt_secret, token_from_request(request, allow_query=True))
-    except InvalidToken as exc:
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=str(exc).encode())
-        return ws, None
-    structlog.contextvars.bind_contextvars(sub=principal.sub)
-    return ws, principal
-
-
-async def serve_socket(request: web.Request, *, single_execution: bool) -> web.WebSocketResponse:
-    ws, principal = await open_socket(request)
+async def serve_socket(request: web.Request, *, single_execution: bool) -> web.StreamResponse:
+    """A socket's whole life, in one coroutine: every open socket keeps its handler's frames
+    for as long as it lives, so each frame saved is saved 10,000 times (and so the read loop
+    is here, not in a method of the session, and uses receive(), not `async for`)."""
+    ws, principal = await socket_handshake.accept(request)
     if principal is None:
         return ws
-    sockets, heartbeat = request.app[socket_counts_key], request.app[heartbeat_key]
+    app = request.app
+    sockets, heartbeat, metrics = app[socket_counts_key], app[heartbeat_key], app[metrics_key]
     if not sockets.admit(principal.sub):
         await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
         return ws
-    session = SocketSession(request, ws, principal, request.app[config_key], request.app[hub_key],
+    session = SocketSession(request, ws, principal, app[config_key], app[hub_key],
                             single_execution=single_execution)
     heartbeat.add(session.outbox)
+    metrics.open_sockets.inc()
     try:
         if not single_execution or await watch_path_execution(request, session):
             session.use_token(principal)
-            await session.run()
+            # Sending needs no task of its own: the hub writes through the outbox, whose writer
+            # task exists only while something is queued for a slow peer. A close frame from
+            # either side ends this loop.
+            try:
+                while (msg := await ws.receive()).type not in CLOSED:
+                    await session.answer(msg)
+            finally:
+                await session.finish()
     finally:
+        metrics.open_sockets.dec()
         heartbeat.discard(session.outbox)
         sockets.release(principal.sub)
+    log.info("ws.closed", code=ws.close_code)
     return ws
 
 
-# The route handlers. Partials, not wrapper coroutines: every open socket keeps its handler's
-# frames for as long as it lives, so each frame saved is saved 10,000 times.
+def socket_handler(*, single_execution: bool):
+    """A route handler for serve_socket. A partial, not a wrapper coroutine (one frame fewer per
+    socket), marked so the HTTP middlewares let it be (http_middlewares.not_for_sockets)."""
+    handler = functools.partial(serve_socket, single_execution=single_execution)
+    handler.websocket = True
+    return handler
+
+
 # /api/v1/ws/executions/{id}: the current status, then every change, then 1000 when it ends.
-execution_socket = functools.partial(serve_socket, single_execution=True)
+execution_socket = socket_handler(single_execution=True)
 # /api/v1/ws: subscribe and unsubscribe to executions and to the executions feed.
-multiplexed_socket = functools.partial(serve_socket, single_execution=False)
+multiplexed_socket = socket_handler(single_execution=False)
 
 
 async def watch_path_execution(request: web.Request, session: SocketSession) -> bool:

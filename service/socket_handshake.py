@@ -1,0 +1,62 @@
+"""A WebSocket's handshake, with the edge work the HTTP middlewares do for every other request.
+
+Socket routes skip the middlewares (http_middlewares.not_for_sockets): a middleware keeps a
+suspended frame for as long as the handler runs, and a socket's handler runs as long as the
+socket is open. So it is done here, once: the request id on the socket's log lines, the Origin
+check, the access log line and the count by route and status, errors in the one JSON shape.
+"""
+
+import structlog
+from aiohttp import web
+
+from .auth import InvalidToken, Principal, token_from_request, verify_token
+from .cors import origin_refused
+from .http_middlewares import bind_request_id, http_error_body
+from .metrics import count_request
+from .typedefs import config_key
+
+log = structlog.get_logger(__name__)
+
+CLOSE_UNAUTHORIZED = 4401
+
+
+async def accept(request: web.Request) -> tuple[web.StreamResponse, Principal | None]:
+    """The open socket and its token's principal; without a principal, the response already
+    given: an HTTP error for a refused handshake, or the socket closed with 4401.
+
+    The token is checked after the upgrade: browsers cannot read an HTTP status from a refused
+    handshake, so a bad token is a close code."""
+    bind_request_id(request)
+    config = request.app[config_key]
+    # Another site's page would use a visitor's ?access_token= or cookies: refuse the handshake.
+    refused = origin_refused(request)
+    if refused is not None:
+        return answered(request, refused), None
+    # No permessage-deflate: frames are built once per change and written as they are to every
+    # socket (compression would be per socket, and status messages are small).
+    # autoclose off: the outbox sends the close frame itself and the session's read loop gets the
+    # answer (SocketOutbox.finish completes the handshake either way).
+    # heartbeat and autoping off: heartbeat.py pings every socket on one timer, and the session
+    # answers the peer's pings itself (SocketSession.answer).
+    ws = web.WebSocketResponse(heartbeat=None, autoping=False, max_msg_size=config.ws_max_message_bytes,
+                               compress=False, autoclose=False)
+    try:
+        await ws.prepare(request)
+    except web.HTTPException as exc:  # not a WebSocket handshake (no Upgrade header, a bad key, ...)
+        return answered(request, http_error_body(exc)), None
+    answered(request, ws)
+    try:
+        principal = verify_token(config.jwt_secret, token_from_request(request, allow_query=True))
+    except InvalidToken as exc:
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=str(exc).encode())
+        return ws, None
+    structlog.contextvars.bind_contextvars(sub=principal.sub)
+    return ws, principal
+
+
+def answered(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Counted and logged like every HTTP request (the path only: a query string can carry an
+    access_token)."""
+    count_request(request, response.status)
+    log.info("http.request", method=request.method, path=request.path, status=response.status)
+    return response
