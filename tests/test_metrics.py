@@ -60,6 +60,26 @@ async def test_requests_by_route_and_status_sockets_subscriptions_and_listener(c
     assert value(after, "aiagent_open_sockets") == 0
 
 
+async def test_socket_handshakes_are_counted_and_a_plain_get_gets_the_error_shape(client, user):
+    """Socket routes skip the HTTP middlewares: their handshake counts, logs and shapes errors itself."""
+    execution = await user.create_execution()
+    path = f"/api/v1/ws/executions/{execution['id']}"
+    async with user.ws(execution["id"]) as ws:
+        await next_json(ws)
+    response = await client.get(path, headers=user.headers)  # no Upgrade header
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "bad_request"
+    response = await client.get("/api/v1/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+    assert response.status == 400  # no Sec-WebSocket-Key
+    assert (await response.json())["error"]["code"] == "bad_request"
+
+    samples = await scrape(client)
+    route = "/api/v1/ws/executions/{id}"
+    assert value(samples, "aiagent_http_requests_total", route=route, method="GET", status="101") == 1
+    assert value(samples, "aiagent_http_requests_total", route=route, method="GET", status="400") == 1
+    assert value(samples, "aiagent_http_requests_total", route="/api/v1/ws", method="GET", status="400") == 1
+
+
 async def test_listener_reconnects_are_counted(client, config):
     before = value(await scrape(client), "aiagent_listener_reconnects_total")
     await terminate_listener(config.database_url)
