@@ -10,6 +10,7 @@ from aiohttp.http_websocket import WSCloseCode
 
 from .config import Config
 from .cors import cors
+from .expiry_timer import ExpiryTimer
 from .heartbeat import Heartbeat
 from .http_middlewares import json_errors, not_for_sockets, request_context
 from .metrics import http_metrics, setup_metrics
@@ -18,7 +19,7 @@ from .routes import setup_routes
 from .socket_limits import SocketsPerSubject
 from .subscription_hub import SubscriptionHub
 from .typedefs import (config_key, db_pool_key, heartbeat_key, hub_key, listener_key, listener_task_key, metrics_key,
-                       socket_counts_key)
+                       socket_counts_key, token_expiries_key)
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +36,7 @@ def create_app(config: Config) -> web.Application:
     setup_metrics(app)
     app[socket_counts_key] = SocketsPerSubject(config.ws_max_sockets_per_subject)
     app[heartbeat_key] = Heartbeat(config.ws_heartbeat_seconds)
+    app[token_expiries_key] = ExpiryTimer()
     setup_routes(app)
     # In dependency order: the pool, then the hub that reads through it, then the listener and
     # the reconcile that feed the hub; the sockets' heartbeat needs none of them.

@@ -7,6 +7,7 @@ import aiopg
 from aiohttp import web
 
 from .config import Config
+from .expiry_timer import ExpiryTimer
 from .heartbeat import Heartbeat
 from .pg_listener import PgListener
 from .socket_limits import SocketsPerSubject
@@ -24,3 +25,5 @@ listener_task_key = web.AppKey("listener_task", asyncio.Task)
 metrics_key: web.AppKey["Metrics"] = web.AppKey("metrics")
 socket_counts_key = web.AppKey("socket_counts", SocketsPerSubject)
 heartbeat_key = web.AppKey("heartbeat", Heartbeat)
+# When each socket's token expires, on one timer for all of them.
+token_expiries_key = web.AppKey("token_expiries", ExpiryTimer)

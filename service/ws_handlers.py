@@ -4,10 +4,8 @@ GET /api/v1/ws/executions/{id}   the status, nodes and log of one execution; clo
 GET /api/v1/ws                   {"type": "subscribe", ...} for any number of executions and a feed
 """
 
-import asyncio
 import functools
 import json
-import time
 import uuid
 
 import structlog
@@ -16,12 +14,13 @@ from aiohttp import WSMsgType, web
 from . import messages, socket_handshake
 from .auth import InvalidToken, Principal, verify_token
 from .config import Config
+from .expiry_timer import ExpiryTimer
 from .schemas import STATUSES
 from .socket_handshake import CLOSE_UNAUTHORIZED
 from .socket_limits import CLOSE_TOO_MANY_SOCKETS, MessageRate
 from .socket_outbox import SocketOutbox
 from .subscription_hub import FeedFilter, SubscriptionHub
-from .typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_counts_key
+from .typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_counts_key, token_expiries_key
 
 log = structlog.get_logger(__name__)
 
@@ -56,10 +55,11 @@ def parse_execution_id(value) -> str:
 class SocketSession:
     """One open WebSocket: the token in force, its subscriptions, and its outbox."""
 
-    __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "rate", "_expiry")
+    __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "rate", "expiries",
+                 "_expiry")
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, principal: Principal, config: Config,
-                 hub: SubscriptionHub, *, single_execution: bool):
+                 hub: SubscriptionHub, expiries: ExpiryTimer, *, single_execution: bool):
         self.ws = ws
         self.principal = principal
         self.config = config
@@ -69,7 +69,8 @@ class SocketSession:
                                    send_timeout=config.ws_send_timeout_seconds,
                                    close_on_terminal=single_execution, metrics=hub.metrics)
         self.rate: MessageRate | None = None  # made by the first message: most sockets never send one
-        self._expiry: asyncio.TimerHandle | None = None
+        self.expiries = expiries
+        self._expiry: list | None = None
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -103,9 +104,8 @@ class SocketSession:
         """Put a token in force; the socket closes with 4401 when it expires."""
         self.principal = principal
         if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry = asyncio.get_running_loop().call_later(
-            max(0.0, principal.expires_at - time.time()), self._expired)
+            self.expiries.cancel(self._expiry)
+        self._expiry = self.expiries.call_at(principal.expires_at, self._expired)
 
     def _expired(self) -> None:
         log.info("ws.token_expired")
@@ -219,7 +219,7 @@ class SocketSession:
     async def finish(self) -> None:
         """The read loop has ended: complete the closing handshake, then leave the hub."""
         if self._expiry is not None:
-            self._expiry.cancel()
+            self.expiries.cancel(self._expiry)
         try:
             await self.outbox.finish()
         finally:
@@ -240,7 +240,7 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
     if not sockets.admit(principal.sub):
         await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
         return ws
-    session = SocketSession(request, ws, principal, app[config_key], app[hub_key],
+    session = SocketSession(request, ws, principal, app[config_key], app[hub_key], app[token_expiries_key],
                             single_execution=single_execution)
     heartbeat.add(session.outbox)
     metrics.open_sockets.inc()
