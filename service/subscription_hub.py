@@ -19,6 +19,10 @@ from .socket_outbox import SocketOutbox
 
 log = structlog.get_logger(__name__)
 
+# An execution's watchers are a tuple up to this many (48 bytes for one, against 216 for a set:
+# most executions are watched by one or two tabs, and an idle socket's every byte counts 10,000
+# times), a set beyond (a popular execution's sockets come and go in O(1)).
+FEW_WATCHERS = 8
 FEED_MEMORY = 10_000  # executions whose last fed status is remembered, to not feed it twice
 CATCH_UP_BATCH = 100  # distinct first reads in one statement at most: bounds what one slow read holds up
 LIVE_READER = "aiagent-live hub"
@@ -67,7 +71,7 @@ class SubscriptionHub:
             self._sent_counters = {kind: metrics.messages_sent.labels(kind) for kind in ("status", "node", "log")}
         self._preview_limit = preview_limit
         self._log_tail = log_tail
-        self._watchers: dict[str, set[SocketOutbox]] = {}
+        self._watchers: dict[str, tuple[SocketOutbox, ...] | set[SocketOutbox]] = {}
         # Highest seq already offered to the watchers of each execution, and announced for it by
         # the listener (a reconcile that finds a change announced but still being read did not
         # correct anything).
@@ -85,13 +89,21 @@ class SubscriptionHub:
 
     def subscribe(self, execution_id: str, outbox: SocketOutbox) -> None:
         """Watch an execution. Register before reading the snapshot, so no change falls between."""
-        self._watchers.setdefault(execution_id, set()).add(outbox)
+        watchers = self._watchers.get(execution_id, ())
+        if isinstance(watchers, set):
+            watchers.add(outbox)
+        elif outbox not in watchers:
+            watchers += (outbox,)
+            self._watchers[execution_id] = set(watchers) if len(watchers) > FEW_WATCHERS else watchers
         self._emptied.clear()
 
     def unsubscribe(self, execution_id: str, outbox: SocketOutbox) -> None:
         watchers = self._watchers.get(execution_id)
         if watchers is not None:
-            watchers.discard(outbox)
+            if isinstance(watchers, set):
+                watchers.discard(outbox)
+            else:
+                watchers = self._watchers[execution_id] = tuple(w for w in watchers if w is not outbox)
             if not watchers:
                 del self._watchers[execution_id]
                 self._published.pop(execution_id, None)
