@@ -10,6 +10,8 @@ import pytest
 from aiohttp import WSMsgType
 
 from service.app import create_app
+from service.subscription_hub import FEW_WATCHERS
+from service.typedefs import hub_key
 
 from .actors import Actor, token_for
 
@@ -104,6 +106,30 @@ async def test_sql_updates_reach_three_sockets_in_commit_order_without_duplicate
             assert progresses == sorted(progresses)
             assert (seen[-1]["seq"], seen[-1]["error"], seen[-1]["progress"]) == (22, "boom", 20)
             assert (await ws.receive(timeout=5)).type == WSMsgType.CLOSE and ws.close_code == 1000
+    finally:
+        for ws in sockets:
+            await ws.close()
+
+
+@pytest.mark.parametrize("watchers", [3, FEW_WATCHERS + 4])
+async def test_sockets_leaving_a_watched_execution_stop_getting_it_and_the_others_do_not(client, user, sql,
+                                                                                        watchers):
+    """A few watchers are kept in a tuple, more in a set: both ways, leaving and staying work."""
+    execution = await user.create_execution()
+    sockets = [await user.ws(execution["id"]).__aenter__() for _ in range(watchers)]
+    try:
+        for ws in sockets:
+            await next_status(ws)
+        leaving, staying = sockets[:watchers - 2], sockets[watchers - 2:]
+        for ws in leaving:
+            await ws.close()
+        hub = client.app[hub_key]
+        async with asyncio.timeout(5):
+            while hub.subscription_count != len(staying):
+                await asyncio.sleep(0.01)
+        await sql.execute("UPDATE executions SET status='running', progress=7 WHERE id=%s", (execution["id"],))
+        for ws in staying:
+            assert (await next_status(ws))["progress"] == 7
     finally:
         for ws in sockets:
             await ws.close()
