@@ -85,6 +85,7 @@ async def listener_ctx(app: web.Application):
         ping_seconds=config.listener_ping_seconds,
         backoff_min=config.listener_backoff_min_seconds,
         backoff_max=config.listener_backoff_max_seconds,
+        coalesce_seconds=config.listener_coalesce_seconds,
     )
     app[listener_key] = listener
     async with background(listener.run()) as task:

@@ -66,6 +66,10 @@ class AppStateCollector:
                 "aiagent_listener_notifications", "Notifications the LISTEN connection received.",
                 value=listener.notifications)
             yield CounterMetricFamily(
+                "aiagent_listener_gathered_batches",
+                "Batches the listener gathered for listener_coalesce_seconds, changes coming faster than reads.",
+                value=listener.gathered_batches)
+            yield CounterMetricFamily(
                 "aiagent_listener_reconnects", "Times the LISTEN connection was lost and reopened.",
                 value=listener.reconnects)
             yield GaugeMetricFamily(

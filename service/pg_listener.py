@@ -12,6 +12,9 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "aiagent_live"  # a constant: LISTEN is never built from outside text
 APPLICATION_NAME = "aiagent-live listener"  # how operators (and tests) find it in pg_stat_activity
+# Weight of the latest batch in the moving share of batches after which the next was already
+# waiting: about the last ten batches count.
+BACKLOG_WEIGHT = 0.1
 
 
 def parse_payload(payload: str) -> tuple[str, int] | None:
@@ -29,6 +32,12 @@ class PgListener:
     Reconnects with exponential backoff and jitter; after every (re)connect it calls `on_connect`
     so consumers re-read what changed while nobody was listening. An idle connection is pinged,
     so one that died without an error is noticed and replaced.
+
+    Each batch is one read for the consumer, and a read costs about the same for one change as for
+    fifty. While changes come slower than batches are handled, each goes out at once. When they
+    keep coming faster (most batches end with the next already waiting), the listener gathers
+    them for `coalesce_seconds` before handing over the next: far fewer reads for the database
+    (whose CPU the committing writers need), a few milliseconds more on the way.
     """
 
     def __init__(
@@ -40,6 +49,7 @@ class PgListener:
         ping_seconds: float,
         backoff_min: float,
         backoff_max: float,
+        coalesce_seconds: float = 0.0,
     ):
         self._dsn = dsn
         self._on_batch = on_batch
@@ -47,9 +57,11 @@ class PgListener:
         self._ping_seconds = ping_seconds
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
+        self._coalesce_seconds = coalesce_seconds
         self._connected = asyncio.Event()
         self.reconnects = 0
         self.notifications = 0
+        self.gathered_batches = 0
 
     @property
     def connected(self) -> bool:
@@ -88,6 +100,7 @@ class PgListener:
 
     async def _pump(self, conn: aiopg.Connection) -> None:
         notifies = conn.notifies
+        backlog = 0.0  # the moving share of batches after which the next was already waiting
         while True:
             if notifies.empty():
                 # asyncio.timeout, not wait_for: no Task per notification.
@@ -98,6 +111,9 @@ class PgListener:
                     await self._ping(conn)
                     continue
             else:
+                if self._coalesce_seconds and backlog > 0.5:
+                    self.gathered_batches += 1
+                    await asyncio.sleep(self._coalesce_seconds)
                 first = notifies.get_nowait()
             batch = [first]
             while not notifies.empty():
@@ -113,6 +129,7 @@ class PgListener:
                 await self._on_batch(announced)
             except Exception:  # a failed read must not kill the listener; the reconcile retries
                 log.exception("listener.batch_failed", executions=len(announced))
+            backlog += BACKLOG_WEIGHT * (float(not notifies.empty()) - backlog)
 
     async def _ping(self, conn: aiopg.Connection) -> None:
         async with conn.cursor() as cur:

@@ -1,0 +1,71 @@
+"""The LISTEN connection's batches: at once while reads keep up, gathered while they do not."""
+
+import asyncio
+import contextlib
+import uuid
+
+from service.pg_listener import CHANNEL, PgListener
+
+
+@contextlib.asynccontextmanager
+async def listening(database_url, on_batch, coalesce_seconds):
+    async def on_connect():
+        return None
+
+    listener = PgListener(database_url, on_batch=on_batch, on_connect=on_connect, ping_seconds=5,
+                          backoff_min=0.1, backoff_max=1, coalesce_seconds=coalesce_seconds)
+    task = asyncio.create_task(listener.run())
+    try:
+        assert await listener.wait_connected(5)
+        yield listener
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def notify_each(sql, execution_id: str, seqs, pause: float = 0.0) -> None:
+    """One commit per notification, as the trigger sends them."""
+    for seq in seqs:
+        await sql.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{execution_id}:{seq}"))
+        if pause:
+            await asyncio.sleep(pause)
+
+
+async def until_seen(batches: list[dict], execution_id: str, seq: int) -> None:
+    async with asyncio.timeout(10):
+        while not any(batch.get(execution_id) == seq for batch in batches):
+            await asyncio.sleep(0.01)
+
+
+async def test_a_consumer_slower_than_the_changes_gets_them_gathered_and_none_lost(database_url, sql):
+    batches: list[dict] = []
+
+    async def slow_read(announced):  # a read that takes longer than the changes take to come
+        batches.append(dict(announced))
+        await asyncio.sleep(0.005)
+
+    execution_id = str(uuid.uuid4())
+    async with listening(database_url, slow_read, coalesce_seconds=0.02) as listener:
+        await notify_each(sql, execution_id, range(1, 301))
+        await until_seen(batches, execution_id, 300)
+        assert listener.gathered_batches > 0
+        assert listener.notifications == 300
+    # Every batch announces the highest seq it got; nothing is skipped over or repeated.
+    announced = [batch[execution_id] for batch in batches]
+    assert announced == sorted(set(announced)) and announced[-1] == 300
+    assert len(batches) < 100
+
+
+async def test_changes_slower_than_the_reads_are_each_handed_over_at_once(database_url, sql):
+    batches: list[dict] = []
+
+    async def quick_read(announced):
+        batches.append(dict(announced))
+
+    execution_id = str(uuid.uuid4())
+    async with listening(database_url, quick_read, coalesce_seconds=0.02) as listener:
+        await notify_each(sql, execution_id, range(1, 31), pause=0.02)
+        await until_seen(batches, execution_id, 30)
+        assert listener.gathered_batches == 0
+    assert [batch[execution_id] for batch in batches] == list(range(1, 31))
