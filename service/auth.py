@@ -65,12 +65,11 @@ def _verified(secret: str, token: str) -> Principal:
     return Principal(sub=sub, role=role, expires_at=float(claims["exp"]))
 
 
-def token_from_request(request: web.Request, *, allow_query: bool = False) -> str | None:
-    """The bearer token from the Authorization header, or (WebSockets only) ?access_token=."""
+def token_from_request(request: web.Request) -> str | None:
+    """The bearer token from the Authorization header (sockets also take ?access_token=, see
+    socket_handshake.py)."""
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    if allow_query:
-        return request.query.get("access_token") or None
     return None

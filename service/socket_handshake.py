@@ -6,6 +6,8 @@ socket is open. So it is done here, once: the request id on the socket's log lin
 check, the access log line and the count by route and status, errors in the one JSON shape.
 """
 
+import urllib.parse
+
 import structlog
 from aiohttp import web
 
@@ -46,12 +48,24 @@ async def accept(request: web.Request) -> tuple[web.StreamResponse, Principal | 
         return answered(request, http_error_body(exc)), None
     answered(request, ws)
     try:
-        principal = verify_token(config.jwt_secret, token_from_request(request, allow_query=True))
+        # Browsers cannot set headers on a WebSocket: the token may come as ?access_token=.
+        token = token_from_request(request) or query_param(request, "access_token")
+        principal = verify_token(config.jwt_secret, token)
     except InvalidToken as exc:
         await ws.close(code=CLOSE_UNAUTHORIZED, message=str(exc).encode())
         return ws, None
     structlog.contextvars.bind_contextvars(sub=principal.sub)
     return ws, principal
+
+
+def query_param(request: web.Request, name: str) -> str | None:
+    """A socket's query parameter (its first value), parsed here and not kept: aiohttp keeps
+    request.query, the whole query (a token among it) parsed into a MultiDict, for as long as
+    the request lives, and a socket's request lives as long as the socket (0.7 KiB each)."""
+    for key, value in urllib.parse.parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True):
+        if key == name:
+            return value
+    return None
 
 
 def answered(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:

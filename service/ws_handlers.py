@@ -286,7 +286,7 @@ async def watch_path_execution(request: web.Request, session: SocketSession) -> 
         return False
     structlog.contextvars.bind_contextvars(execution_id=execution_id)
     try:
-        since = parse_since(request.query.get("since"))
+        since = parse_since(socket_handshake.query_param(request, "since"))
     except BadMessage as exc:
         session.outbox.send_text(messages.error(str(exc)))
         since = None
