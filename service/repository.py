@@ -309,15 +309,22 @@ class PreparedReader:
 
     async def _execute(self, sql: str, params) -> list[tuple]:
         async with self._lock:
-            try:
+            retried = False
+            while True:
                 conn = await self._connection()
-                async with conn.cursor() as cur:
-                    await cur.execute(sql, params)
-                    return await cur.fetchall()
-            except BaseException:
-                # A broken or cancelled read leaves the connection in an unknown state: start afresh.
-                self.close()
-                raise
+                try:
+                    async with conn.cursor() as cur:
+                        await cur.execute(sql, params)
+                        return await cur.fetchall()
+                except BaseException as exc:
+                    # Found dead: its backend was terminated, or the server restarted, since the
+                    # last read. A read changes nothing, so it is made once more on a new connection.
+                    lost = isinstance(exc, psycopg2.Error) and bool(conn.closed)
+                    # A broken or cancelled read leaves the connection in an unknown state: start afresh.
+                    self.close()
+                    if retried or not lost:
+                        raise
+                    retried = True
 
     async def events_after(self, after: dict[str, int]) -> list[tuple]:
         """Rows (kind, execution_id, seq, data) of every event after each execution's seq."""

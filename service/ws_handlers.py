@@ -25,6 +25,7 @@ from .typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_co
 log = structlog.get_logger(__name__)
 
 CLOSE_FINISHED = 1000
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_NOT_FOUND = 4404
 NOT_FOUND = "no such execution"
 CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
@@ -245,16 +246,21 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
     heartbeat.add(session.outbox)
     metrics.open_sockets.inc()
     try:
-        if not single_execution or await watch_path_execution(request, session):
-            session.use_token(principal)
-            # Sending needs no task of its own: the hub writes through the outbox, whose writer
-            # task exists only while something is queued for a slow peer. A close frame from
-            # either side ends this loop.
-            try:
+        try:
+            if not single_execution or await watch_path_execution(request, session):
+                session.use_token(principal)
+                # Sending needs no task of its own: the hub writes through the outbox, whose writer
+                # task exists only while something is queued for a slow peer. A close frame from
+                # either side ends this loop.
                 while (msg := await ws.receive()).type not in CLOSED:
                     await session.answer(msg)
-            finally:
-                await session.finish()
+        except Exception:
+            # Ours, not the client's (a read failed): 1011, so it reconnects and resumes, rather
+            # than a connection dropped without a word.
+            log.exception("ws.failed")
+            session.outbox.close(CLOSE_INTERNAL_ERROR, "internal error", drain=False)
+        finally:
+            await session.finish()
     finally:
         metrics.open_sockets.dec()
         heartbeat.discard(session.outbox)

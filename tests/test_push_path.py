@@ -2,16 +2,20 @@
 ones, the hub's own prepared reads, and the push metrics."""
 
 import asyncio
+import dataclasses
 import struct
 
 import aiopg
 from aiohttp import WSMsgType
 from prometheus_client import CollectorRegistry, Counter
 
+from service.app import create_app
 from service.messages import Event, text_frame
 from service.subscription_hub import CATCH_UP_READER, LIVE_READER
+from service.typedefs import hub_key
 from service.socket_outbox import CLOSE_TOO_SLOW, SocketOutbox
 
+from .actors import Actor
 from .test_metrics import scrape, value
 from .test_push import drain_snapshot, next_status
 
@@ -185,6 +189,21 @@ async def test_a_new_subscriber_is_served_after_the_catch_up_connection_was_term
     async with user.ws(execution["id"]) as ws:
         snapshot = await drain_snapshot(ws)
         assert snapshot[0]["execution_id"] == execution["id"]
+
+
+async def test_a_read_that_fails_closes_the_socket_1011_and_the_service_goes_on(aiohttp_client, config):
+    """A failure of ours, not the client's: a clear close code to reconnect on, not a dropped connection."""
+    # A negative log tail makes PostgreSQL refuse every snapshot read (LIMIT must not be negative).
+    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_log_tail=-1)))
+    user = Actor(client)
+    execution = await user.create_execution()
+    async with user.ws(execution["id"]) as ws:
+        closing = await ws.receive(timeout=10)
+        assert (closing.type, ws.close_code) == (WSMsgType.CLOSE, 1011)
+    status, body = await user.request("GET", f"/api/v1/executions/{execution['id']}")
+    assert (status, body["id"]) == (200, execution["id"])
+    # The subscription and the socket were released: nothing left behind in the hub.
+    assert client.app[hub_key].subscription_count == 0
 
 
 async def test_push_metrics_count_messages_latency_and_corrections(client, user, sql):
