@@ -28,7 +28,8 @@ CLOSE_FINISHED = 1000
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_NOT_FOUND = 4404
 NOT_FOUND = "no such execution"
-CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+# What ends a socket's read loop: a close frame from the peer, or the connection gone.
+READ_ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 
 
 class BadMessage(Exception):
@@ -252,7 +253,7 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
                 # Sending needs no task of its own: the hub writes through the outbox, whose writer
                 # task exists only while something is queued for a slow peer. A close frame from
                 # either side ends this loop.
-                while (msg := await ws.receive()).type not in CLOSED:
+                while (msg := await ws.receive()).type not in READ_ENDS:
                     await session.answer(msg)
         except Exception:
             # Ours, not the client's (a read failed): 1011, so it reconnects and resumes, rather
