@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 import psycopg2
 import structlog
 
+from . import pg_async
+
 log = structlog.get_logger(__name__)
 
 CHANNEL = "aiagent_live"  # a constant: LISTEN is never built from outside text
@@ -79,8 +81,10 @@ class PgListener:
         while True:
             conn = None
             try:
-                conn = await self._connect()
-                await self._execute(conn, f"LISTEN {CHANNEL}")
+                conn = await pg_async.connect(
+                    self._dsn, timeout=self._ping_seconds, application_name=APPLICATION_NAME,
+                    keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+                await pg_async.execute(conn, f"LISTEN {CHANNEL}", timeout=self._ping_seconds)
                 self._connected.set()
                 log.info("listener.connected", reconnects=self.reconnects)
                 delay = self._backoff_min
@@ -96,42 +100,17 @@ class PgListener:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, self._backoff_max)
 
-    # psycopg2's own asynchronous interface, not aiopg's connection: aiopg reads every
-    # notification the moment it arrives (a wake-up each) and hands them over through a queue
-    # whose every get() is a task; at 2,000 commits/s that was a quarter of a core. Here the
-    # socket is read only when the pump asks, so what arrives meanwhile is read in one go.
-
-    async def _connect(self):
-        conn = psycopg2.connect(self._dsn, async_=True, application_name=APPLICATION_NAME,
-                                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
-        try:
-            await self._until_ready(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    async def _execute(self, conn, sql: str) -> None:
-        """Run a statement; a server that does not answer within ping_seconds is a dead one."""
-        cursor = conn.cursor()  # kept until the answer is in: psycopg2 needs it alive until then
-        cursor.execute(sql)
-        await self._until_ready(conn)
-        cursor.close()
-
-    async def _until_ready(self, conn) -> None:
-        async with asyncio.timeout(self._ping_seconds):
-            while (state := conn.poll()) != psycopg2.extensions.POLL_OK:
-                await _ready_to(conn.fileno(), write=state == psycopg2.extensions.POLL_WRITE)
-
     async def _pump(self, conn) -> None:
+        """The socket is read only when the pump asks (pg_async), so the notifications that arrive
+        while a batch is handled, or while it gathers, are read in one go."""
         backlog = 0.0  # the moving share of batches after which the next was already waiting
         while True:
             if not conn.notifies:
                 try:
                     async with asyncio.timeout(self._ping_seconds):
-                        await _ready_to(conn.fileno(), write=False)
+                        await pg_async.ready_to(conn.fileno(), write=False)
                 except TimeoutError:  # quiet for a while: make sure the connection still answers
-                    await self._execute(conn, "SELECT 1")
+                    await pg_async.execute(conn, "SELECT 1", timeout=self._ping_seconds)
                     continue
                 conn.poll()  # reads what arrived; raises when the connection is gone
             elif self._coalesce_seconds and backlog > 0.5:
@@ -154,15 +133,3 @@ class PgListener:
                 log.exception("listener.batch_failed", executions=len(announced))
             conn.poll()  # what came in while the batch was handled
             backlog += BACKLOG_WEIGHT * (float(bool(conn.notifies)) - backlog)
-
-
-async def _ready_to(fd: int, *, write: bool) -> None:
-    """Until the socket can be read (or written) without blocking."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    watch, unwatch = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
-    watch(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        unwatch(fd)

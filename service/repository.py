@@ -11,6 +11,7 @@ import aiopg
 import psycopg2
 import psycopg2.extras
 
+from . import pg_async
 from .errors import Conflict
 
 
@@ -275,6 +276,10 @@ CATCH_UP = f"""
 """
 
 
+# How long a hub read may take before its connection counts as dead (aiopg's default, kept).
+READ_TIMEOUT = 60.0
+
+
 class PreparedReader:
     """The hub's reads on a connection of its own: no pool round trip, statements prepared once
     per connection (no parse or plan per read, a short EXECUTE on the wire), tuple rows.
@@ -291,16 +296,15 @@ class PreparedReader:
     def __init__(self, dsn: str, application_name: str):
         self._dsn = dsn
         self.application_name = application_name
-        self._conn: aiopg.Connection | None = None
+        self._conn = None  # psycopg2's asynchronous connection (pg_async): no task or timer per read
         self._lock = asyncio.Lock()
 
-    async def _connection(self) -> aiopg.Connection:
+    async def _connection(self):
         if self._conn is None or self._conn.closed:
-            conn = await aiopg.connect(self._dsn, enable_hstore=False, application_name=self.application_name)
+            conn = await pg_async.connect(self._dsn, timeout=READ_TIMEOUT, application_name=self.application_name)
             try:
-                async with conn.cursor() as cur:
-                    for signature, sql in self.STATEMENTS.items():
-                        await cur.execute(f"PREPARE {signature} AS {sql}")
+                for signature, sql in self.STATEMENTS.items():
+                    await pg_async.execute(conn, f"PREPARE {signature} AS {sql}", timeout=READ_TIMEOUT)
             except BaseException:
                 conn.close()
                 raise
@@ -313,9 +317,7 @@ class PreparedReader:
             while True:
                 conn = await self._connection()
                 try:
-                    async with conn.cursor() as cur:
-                        await cur.execute(sql, params)
-                        return await cur.fetchall()
+                    return await pg_async.execute(conn, sql, params, timeout=READ_TIMEOUT)
                 except BaseException as exc:
                     # Found dead: its backend was terminated, or the server restarted, since the
                     # last read. A read changes nothing, so it is made once more on a new connection.
