@@ -67,7 +67,7 @@ async def hub_ctx(app: web.Application):
         log_tail=config.ws_log_tail, metrics=app[metrics_key])
     app[hub_key] = hub
     yield
-    hub.close()
+    await hub.close()
 
 
 async def close_sockets(app: web.Application) -> None:

@@ -13,10 +13,13 @@ import asyncio
 import psycopg2
 import psycopg2.extensions
 
+# A peer gone without a word (a black-holed network) is noticed by the kernel within a minute.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+
 
 async def connect(dsn: str, *, timeout: float, **params) -> psycopg2.extensions.connection:
-    """A new asynchronous connection, ready for statements."""
-    conn = psycopg2.connect(dsn, async_=True, **params)
+    """A new asynchronous connection, ready for statements, with TCP keepalives."""
+    conn = psycopg2.connect(dsn, async_=True, **KEEPALIVES, **params)
     try:
         await until_ready(conn, timeout)
     except BaseException:

@@ -84,9 +84,7 @@ class PgListener:
         while True:
             conn = None
             try:
-                conn = await pg_async.connect(
-                    self._dsn, timeout=self._ping_seconds, application_name=APPLICATION_NAME,
-                    keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+                conn = await pg_async.connect(self._dsn, timeout=self._ping_seconds, application_name=APPLICATION_NAME)
                 await pg_async.execute(conn, f"LISTEN {CHANNEL}", timeout=self._ping_seconds)
                 self._connected.set()
                 log.info("listener.connected", reconnects=self.reconnects)
@@ -114,6 +112,7 @@ class PgListener:
                         await pg_async.ready_to(conn.fileno(), write=False)
                 except TimeoutError:  # quiet for a while: make sure the connection still answers
                     await pg_async.execute(conn, "SELECT 1", timeout=self._ping_seconds)
+                    backlog = 0.0  # nothing came for a while: no backlog to gather
                     continue
                 conn.poll()  # reads what arrived; raises when the connection is gone
             elif self._coalesce_seconds and backlog > GATHER_ABOVE:

@@ -60,10 +60,14 @@ class ReadBatcher(Generic[Request, Result]):
                 future.cancel()
             self._waiting.clear()
 
-    def close(self) -> None:
-        """Stop: the read under way and every request still waiting are cancelled."""
-        if self._task is not None:
-            self._task.cancel()  # its own cleanup cancels the batch it was reading
+    async def close(self) -> None:
+        """Stop: the read under way and every request still waiting are cancelled; returns once
+        that read has ended (its connection can then be closed: it is no longer waited on)."""
+        task = self._task
+        if task is not None:
+            task.cancel()  # its own cleanup cancels the batch it was reading
         for _, future in self._waiting:
             future.cancel()  # a task cancelled before it first ran never gets to its cleanup
         self._waiting.clear()
+        if task is not None:
+            await asyncio.wait([task], timeout=5)

@@ -319,8 +319,10 @@ class PreparedReader:
                 try:
                     return await pg_async.execute(conn, sql, params, timeout=READ_TIMEOUT)
                 except BaseException as exc:
-                    # Found dead: its backend was terminated, or the server restarted, since the
-                    # last read. A read changes nothing, so it is made once more on a new connection.
+                    # Found closed when the read was sent (its backend terminated, the server
+                    # restarted since the last read): a read changes nothing, so it is made once
+                    # more on a new connection. (A connection that went silent is not retried:
+                    # it fails by TCP keepalive or READ_TIMEOUT.)
                     lost = isinstance(exc, psycopg2.Error) and bool(conn.closed)
                     # A broken or cancelled read leaves the connection in an unknown state: start afresh.
                     self.close()

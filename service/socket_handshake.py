@@ -3,7 +3,8 @@
 Socket routes skip the middlewares (http_middlewares.not_for_sockets): a middleware keeps a
 suspended frame for as long as the handler runs, and a socket's handler runs as long as the
 socket is open. So it is done here, once: the request id on the socket's log lines, the Origin
-check, the access log line and the count by route and status, errors in the one JSON shape.
+check, the access log line and the count by route and status, a refused handshake's answer in
+the one JSON error shape.
 """
 
 import urllib.parse
@@ -69,8 +70,10 @@ def query_param(request: web.Request, name: str) -> str | None:
 
 
 def answered(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-    """Counted and logged like every HTTP request (the path only: a query string can carry an
-    access_token)."""
+    """Counted, logged and marked with its request id like every HTTP request (the path only in
+    the log: a query string can carry an access_token)."""
+    if not response.prepared:
+        response.headers["X-Request-ID"] = structlog.contextvars.get_contextvars()["request_id"]
     count_request(request, response.status)
     log.info("http.request", method=request.method, path=request.path, status=response.status)
     return response

@@ -241,8 +241,8 @@ class SubscriptionHub:
                     event = event or status_event(row, terminal=False)
                     outbox.offer_feed(event)
 
-    def close(self) -> None:
-        self._catch_ups.close()
+    async def close(self) -> None:
+        await self._catch_ups.close()
         self._reader.close()
         self._catch_up_reader.close()
 

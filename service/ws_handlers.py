@@ -8,6 +8,7 @@ import functools
 import json
 import uuid
 
+import psycopg2
 import structlog
 from aiohttp import WSMsgType, web
 
@@ -191,6 +192,11 @@ class SocketSession:
             status = await self.subscribe(execution_id, since)
         except BadMessage as exc:
             return messages.encode({"type": "error", "message": str(exc), "execution_id": execution_id})
+        except (psycopg2.Error, OSError, TimeoutError):
+            # The read failed, not the request: this subscription fails, the others stay.
+            log.exception("ws.subscribe_failed", execution_id=execution_id)
+            return messages.encode({"type": "error", "message": "could not read this execution; subscribe again",
+                                    "execution_id": execution_id})
         if status is None:
             return messages.encode({"type": "error", "message": NOT_FOUND, "execution_id": execution_id})
         return None
@@ -251,13 +257,13 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
             if not single_execution or await watch_path_execution(request, session):
                 session.use_token(principal)
                 # Sending needs no task of its own: the hub writes through the outbox, whose writer
-                # task exists only while something is queued for a slow peer. A close frame from
-                # either side ends this loop.
+                # task exists only while something is queued for a slow peer. The peer's close
+                # frame (its own, or its answer to ours) or the connection's end ends this loop.
                 while (msg := await ws.receive()).type not in READ_ENDS:
                     await session.answer(msg)
         except Exception:
-            # Ours, not the client's (a read failed): 1011, so it reconnects and resumes, rather
-            # than a connection dropped without a word.
+            # Ours, not the client's (the path execution's first read failed): 1011, so it
+            # reconnects and resumes, rather than a connection dropped without a word.
             log.exception("ws.failed")
             session.outbox.close(CLOSE_INTERNAL_ERROR, "internal error", drain=False)
         finally:

@@ -96,7 +96,7 @@ async def test_close_cancels_whoever_still_waits(reading):
     if reading:
         await asyncio.sleep(0)
     assert reads.batches == ([[0]] if reading else [])
-    batcher.close()
+    await batcher.close()
     done = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(d, asyncio.CancelledError) for d in done)
 

@@ -191,7 +191,7 @@ async def test_a_new_subscriber_is_served_after_the_catch_up_connection_was_term
         assert snapshot[0]["execution_id"] == execution["id"]
 
 
-async def test_a_read_that_fails_closes_the_socket_1011_and_the_service_goes_on(aiohttp_client, config):
+async def test_a_read_that_fails_closes_the_socket_1011_or_fails_that_subscription(aiohttp_client, config):
     """A failure of ours, not the client's: a clear close code to reconnect on, not a dropped connection."""
     # A negative log tail makes PostgreSQL refuse every snapshot read (LIMIT must not be negative).
     client = await aiohttp_client(create_app(dataclasses.replace(config, ws_log_tail=-1)))
@@ -200,6 +200,13 @@ async def test_a_read_that_fails_closes_the_socket_1011_and_the_service_goes_on(
     async with user.ws(execution["id"]) as ws:
         closing = await ws.receive(timeout=10)
         assert (closing.type, ws.close_code) == (WSMsgType.CLOSE, 1011)
+    # On the multiplexed socket only that subscription fails; the socket stays and answers.
+    async with client.ws_connect("/api/v1/ws", headers=user.headers) as ws:
+        await ws.send_json({"type": "subscribe", "execution_id": execution["id"]})
+        refused = await ws.receive_json(timeout=10)
+        assert (refused["type"], refused["execution_id"]) == ("error", execution["id"])
+        await ws.send_json({"type": "ping"})
+        assert (await ws.receive_json(timeout=5))["type"] == "pong"
     status, body = await user.request("GET", f"/api/v1/executions/{execution['id']}")
     assert (status, body["id"]) == (200, execution["id"])
     # The subscription and the socket were released: nothing left behind in the hub.
