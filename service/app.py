@@ -30,8 +30,8 @@ def create_app(config: Config) -> web.Application:
         raise ValueError("create_app needs database_url and jwt_secret")
     # http_metrics outermost, to count the status the client finally got; cors outside
     # json_errors, so error answers carry CORS headers too.
-    app = web.Application(middlewares=[not_for_sockets(m) for m in (http_metrics, request_context, cors, json_errors)],
-                          client_max_size=config.max_body_bytes)
+    middlewares = [not_for_sockets(m) for m in (http_metrics, request_context, cors, json_errors)]
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[config_key] = config
     setup_metrics(app)
     app[socket_counts_key] = SocketsPerSubject(config.ws_max_sockets_per_subject)

@@ -67,7 +67,7 @@ class AppStateCollector:
                 value=listener.notifications)
             yield CounterMetricFamily(
                 "aiagent_listener_gathered_batches",
-                "Batches the listener gathered for listener_coalesce_seconds, changes coming faster than reads.",
+                "Batches the listener gathered for listener_coalesce_seconds: changes came faster than reads.",
                 value=listener.gathered_batches)
             yield CounterMetricFamily(
                 "aiagent_listener_reconnects", "Times the LISTEN connection was lost and reopened.",

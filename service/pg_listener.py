@@ -84,7 +84,8 @@ class PgListener:
         while True:
             conn = None
             try:
-                conn = await pg_async.connect(self._dsn, timeout=self._ping_seconds, application_name=APPLICATION_NAME)
+                conn = await pg_async.connect(self._dsn, timeout=self._ping_seconds,
+                                              application_name=APPLICATION_NAME)
                 await pg_async.execute(conn, f"LISTEN {CHANNEL}", timeout=self._ping_seconds)
                 self._connected.set()
                 log.info("listener.connected", reconnects=self.reconnects)

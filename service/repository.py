@@ -301,7 +301,8 @@ class PreparedReader:
 
     async def _connection(self):
         if self._conn is None or self._conn.closed:
-            conn = await pg_async.connect(self._dsn, timeout=READ_TIMEOUT, application_name=self.application_name)
+            conn = await pg_async.connect(self._dsn, timeout=READ_TIMEOUT,
+                                          application_name=self.application_name)
             try:
                 for signature, sql in self.STATEMENTS.items():
                     await pg_async.execute(conn, f"PREPARE {signature} AS {sql}", timeout=READ_TIMEOUT)

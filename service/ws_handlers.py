@@ -195,8 +195,8 @@ class SocketSession:
         except (psycopg2.Error, OSError, TimeoutError):
             # The read failed, not the request: this subscription fails, the others stay.
             log.exception("ws.subscribe_failed", execution_id=execution_id)
-            return messages.encode({"type": "error", "message": "could not read this execution; subscribe again",
-                                    "execution_id": execution_id})
+            return messages.encode({"type": "error", "execution_id": execution_id,
+                                    "message": "could not read this execution; subscribe again"})
         if status is None:
             return messages.encode({"type": "error", "message": NOT_FOUND, "execution_id": execution_id})
         return None

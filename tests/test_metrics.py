@@ -66,7 +66,8 @@ async def test_socket_handshakes_are_counted_and_a_plain_get_gets_the_error_shap
     path = f"/api/v1/ws/executions/{execution['id']}"
     async with user.ws(execution["id"]) as ws:
         await next_json(ws)
-    response = await client.get(path, headers={**user.headers, "X-Request-ID": "plain-get-1"})  # no Upgrade header
+    # No Upgrade header: an ordinary GET.
+    response = await client.get(path, headers={**user.headers, "X-Request-ID": "plain-get-1"})
     assert response.status == 400
     assert (await response.json())["error"]["code"] == "bad_request"
     assert response.headers["X-Request-ID"] == "plain-get-1"
