@@ -31,6 +31,10 @@ def origin_refused(request: web.Request) -> web.Response | None:
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is None or origin_allowed(request, origin):
         return None
+    return refusal(origin)
+
+
+def refusal(origin: str) -> web.Response:
     return error_body(403, "forbidden", "origin not allowed", {"origin": origin[:200]})
 
 
@@ -44,7 +48,7 @@ async def cors(request: web.Request, handler):
     allowed = origin_allowed(request, origin)
     if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
         if not allowed:
-            return origin_refused(request)
+            return refusal(origin)
         return web.Response(status=204, headers={
             hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: origin,
             hdrs.ACCESS_CONTROL_ALLOW_METHODS: ALLOWED_METHODS,

@@ -157,5 +157,9 @@ def pong() -> str:
     return '{"type":"pong"}'
 
 
-def error(text: str) -> str:
-    return encode({"type": "error", "message": text})
+def error(text: str, execution_id: str | None = None) -> str:
+    """An `error`; about one subscription when it names the execution."""
+    message = {"type": "error", "message": text}
+    if execution_id is not None:
+        message["execution_id"] = execution_id
+    return encode(message)

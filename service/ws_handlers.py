@@ -191,14 +191,13 @@ class SocketSession:
         try:
             status = await self.subscribe(execution_id, since)
         except BadMessage as exc:
-            return messages.encode({"type": "error", "message": str(exc), "execution_id": execution_id})
+            return messages.error(str(exc), execution_id)
         except (psycopg2.Error, OSError, TimeoutError):
             # The read failed, not the request: this subscription fails, the others stay.
             log.exception("ws.subscribe_failed", execution_id=execution_id)
-            return messages.encode({"type": "error", "execution_id": execution_id,
-                                    "message": "could not read this execution; subscribe again"})
+            return messages.error("could not read this execution; subscribe again", execution_id)
         if status is None:
-            return messages.encode({"type": "error", "message": NOT_FOUND, "execution_id": execution_id})
+            return messages.error(NOT_FOUND, execution_id)
         return None
 
     def _subscribe_feed(self, data: dict) -> str:
