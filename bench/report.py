@@ -20,6 +20,8 @@ ROWS = [
     ("S3", "delivered, median pair (/s)", "delivered_per_s"),
     ("S3", "delivered / ceiling, median pair", "delivered_fraction_of_ceiling"),
     ("S3", "delivered / ceiling, each pair", "pair_fractions"),
+    ("S3", "ceiling before the server started, nobody LISTENing (commits/s)", "ceiling_nobody_listening_per_s"),
+    ("S3", "delivered, median pair / that ceiling", "delivered_fraction_of_ceiling_nobody_listening"),
     ("S3", "p99 as fast as it commits, worst pair (ms)", "p99_ms"),
     ("S3", "highest step meeting p99<=50ms, no loss (/s)", "sustained_per_s"),
     ("S3", "lost / reordered", ("lost", "reordered")),

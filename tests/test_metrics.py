@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 
 from .test_resilience import terminate_listener
-from .test_push import next_json
+from .test_push import next_json, next_status
 
 
 async def scrape(client) -> dict[tuple[str, tuple], float]:
@@ -35,12 +35,17 @@ async def test_requests_by_route_and_status_sockets_subscriptions_and_listener(c
     async with user.ws(execution["id"]) as ws:
         await next_json(ws)
         await sql.execute("UPDATE executions SET status='running', progress=5 WHERE id=%s", (execution["id"],))
-        await next_json(ws)
+        assert (await next_status(ws))["status"] == "running"  # after the snapshot's nodes
         samples = await scrape(client)
         assert value(samples, "aiagent_open_sockets") == 1
         assert value(samples, "aiagent_subscriptions") == 1
         assert value(samples, "aiagent_listener_connected") == 1
         assert value(samples, "aiagent_listener_notifications_total") >= 1
+        # The live change, counted once for its socket with one commit-to-send sample (the
+        # snapshot before it is a catch-up, not a live send).
+        print({k: v for k, v in samples.items() if "sent_total" in k[0] or "send_seconds_count" in k[0]})
+        assert value(samples, "aiagent_messages_sent_total", type="status") == 1
+        assert value(samples, "aiagent_commit_to_send_seconds_count") == 1
 
     route = "/api/v1/executions/{id}"
     assert value(samples, "aiagent_http_requests_total", route=route, method="GET", status="200") == 1
