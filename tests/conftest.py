@@ -1,6 +1,7 @@
 """Fixtures: a real PostgreSQL for the session, the real app on a real port, real clients."""
 
 import asyncio
+import dataclasses
 import os
 
 import aiopg
@@ -45,6 +46,15 @@ def config(database_url) -> Config:
 @pytest.fixture
 async def client(aiohttp_client, config):
     return await aiohttp_client(create_app(config))
+
+
+@pytest.fixture
+def client_with(aiohttp_client, config):
+    """`await client_with(setting=value, ...)`: a client of an app of its own, whose configuration
+    differs from the test configuration in those settings only."""
+    async def make(**changes):
+        return await aiohttp_client(create_app(dataclasses.replace(config, **changes)))
+    return make
 
 
 @pytest.fixture

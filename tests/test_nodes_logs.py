@@ -182,11 +182,8 @@ async def test_cancelling_a_running_execution_closes_every_socket_with_the_final
 
 # -- connect and resume ----------------------------------------------------------------------
 
-async def test_connect_snapshot_is_status_then_nodes_then_the_last_log_lines(aiohttp_client, config, worker):
-    import dataclasses
-    from service.app import create_app
-
-    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_log_tail=3)))
+async def test_connect_snapshot_is_status_then_nodes_then_the_last_log_lines(client_with, worker):
+    client = await client_with(ws_log_tail=3)
     user, worker = Actor(client), Actor(client, "worker")
     execution = await user.create_execution()
     path = f"/api/v1/executions/{execution['id']}/logs"
@@ -310,12 +307,8 @@ async def test_bad_multiplexed_messages_get_an_error_and_the_socket_stays(user, 
         assert await next_json(ws) == {"type": "pong"}
 
 
-async def test_subscription_limit_and_a_subscribe_flood(aiohttp_client, config):
-    import dataclasses
-    from service.app import create_app
-
-    client = await aiohttp_client(create_app(dataclasses.replace(
-        config, ws_max_subscriptions=3, ws_messages_per_second=10_000, ws_message_burst=10_000)))
+async def test_subscription_limit_and_a_subscribe_flood(client_with):
+    client = await client_with(ws_max_subscriptions=3, ws_messages_per_second=10_000, ws_message_burst=10_000)
     user = Actor(client)
     executions = [await user.create_execution() for _ in range(4)]
     async with multiplexed(user) as ws:

@@ -1,11 +1,9 @@
 """Browsers: CORS for the configured origins on REST, and WebSocket handshakes from other sites refused."""
 
-import dataclasses
 
 import aiohttp
 import pytest
 
-from service.app import create_app
 from service.config import ConfigError, load_config
 
 from .actors import Actor
@@ -16,8 +14,8 @@ EVIL_ORIGIN = "https://evil.example.net"
 
 
 @pytest.fixture
-async def client(aiohttp_client, config):
-    return await aiohttp_client(create_app(dataclasses.replace(config, allowed_origins=(APP_ORIGIN,))))
+async def client(client_with):
+    return await client_with(allowed_origins=(APP_ORIGIN,))
 
 
 async def test_preflight_needs_no_token_and_names_what_a_browser_may_send(client):
@@ -83,8 +81,8 @@ async def test_the_multiplexed_socket_is_guarded_too(client):
     assert refused.value.status == 403
 
 
-async def test_a_wildcard_allows_every_origin(aiohttp_client, config):
-    client = await aiohttp_client(create_app(dataclasses.replace(config, allowed_origins=("*",))))
+async def test_a_wildcard_allows_every_origin(client_with):
+    client = await client_with(allowed_origins=("*",))
     response = await client.options("/api/v1/workflows", headers={
         "Origin": EVIL_ORIGIN, "Access-Control-Request-Method": "GET"})
     assert response.status == 204 and response.headers["Access-Control-Allow-Origin"] == EVIL_ORIGIN

@@ -2,14 +2,12 @@
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import uuid
 
 import pytest
 from aiohttp import WSMsgType
 
-from service.app import create_app
 from service.subscription_hub import FEW_WATCHERS
 from service.typedefs import hub_key
 
@@ -275,9 +273,9 @@ async def test_oversized_client_frame_closes_with_1009(user, config):
 
 
 @contextlib.asynccontextmanager
-async def socket_with_heartbeat(aiohttp_client, config, seconds: float, **ws_options):
+async def socket_with_heartbeat(client_with, seconds: float, **ws_options):
     """A socket past its snapshot, on an app of its own whose heartbeat period is `seconds`."""
-    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_heartbeat_seconds=seconds)))
+    client = await client_with(ws_heartbeat_seconds=seconds)
     user = Actor(client)
     execution = await user.create_execution()
     async with client.ws_connect(f"/api/v1/ws/executions/{execution['id']}",
@@ -286,8 +284,8 @@ async def socket_with_heartbeat(aiohttp_client, config, seconds: float, **ws_opt
         yield ws, execution["id"]
 
 
-async def test_protocol_heartbeat_closes_a_peer_that_does_not_answer(aiohttp_client, config):
-    async with socket_with_heartbeat(aiohttp_client, config, 0.5, autoping=False) as (ws, _):
+async def test_protocol_heartbeat_closes_a_peer_that_does_not_answer(client_with):
+    async with socket_with_heartbeat(client_with, 0.5, autoping=False) as (ws, _):
         # The server pings; this client never pongs, so the server gives up on it.
         deadline = asyncio.get_running_loop().time() + 10
         while True:
@@ -297,9 +295,9 @@ async def test_protocol_heartbeat_closes_a_peer_that_does_not_answer(aiohttp_cli
             assert msg.type == WSMsgType.PING and asyncio.get_running_loop().time() < deadline
 
 
-async def test_a_peer_that_answers_pings_stays_through_many_heartbeats(aiohttp_client, config, sql):
+async def test_a_peer_that_answers_pings_stays_through_many_heartbeats(client_with, sql):
     # aiohttp's client answers pings by itself (autoping, while receiving) and sends nothing else.
-    async with socket_with_heartbeat(aiohttp_client, config, 0.2) as (ws, execution_id):
+    async with socket_with_heartbeat(client_with, 0.2) as (ws, execution_id):
         # Seven rounds with nothing to read: a missed answer would have closed it after two.
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(ws.receive(), 1.5)
@@ -308,8 +306,8 @@ async def test_a_peer_that_answers_pings_stays_through_many_heartbeats(aiohttp_c
         assert (await next_status(ws))["message"] == "still here"
 
 
-async def test_a_zero_heartbeat_turns_pings_off(aiohttp_client, config):
-    async with socket_with_heartbeat(aiohttp_client, config, 0, autoping=False) as (ws, _):
+async def test_a_zero_heartbeat_turns_pings_off(client_with):
+    async with socket_with_heartbeat(client_with, 0, autoping=False) as (ws, _):
         with pytest.raises(asyncio.TimeoutError):  # a ping would be returned: autoping is off
             await ws.receive(timeout=1)
 

@@ -2,14 +2,12 @@
 ones, the hub's own prepared reads, and the push metrics."""
 
 import asyncio
-import dataclasses
 import struct
 
 import aiopg
 from aiohttp import WSMsgType
 from prometheus_client import CollectorRegistry, Counter
 
-from service.app import create_app
 from service.messages import Event, text_frame
 from service.subscription_hub import CATCH_UP_READER, LIVE_READER
 from service.typedefs import hub_key
@@ -191,10 +189,10 @@ async def test_a_new_subscriber_is_served_after_the_catch_up_connection_was_term
         assert snapshot[0]["execution_id"] == execution["id"]
 
 
-async def test_a_read_that_fails_closes_the_socket_1011_or_fails_that_subscription(aiohttp_client, config):
+async def test_a_read_that_fails_closes_the_socket_1011_or_fails_that_subscription(client_with):
     """A failure of ours, not the client's: a clear close code to reconnect on, not a dropped connection."""
     # A negative log tail makes PostgreSQL refuse every snapshot read (LIMIT must not be negative).
-    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_log_tail=-1)))
+    client = await client_with(ws_log_tail=-1)
     user = Actor(client)
     execution = await user.create_execution()
     async with user.ws(execution["id"]) as ws:

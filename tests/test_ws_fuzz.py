@@ -76,8 +76,8 @@ async def test_invalid_utf8_text_closes_with_1007(client, user):
         raw.close()
 
 
-async def test_sockets_per_token_subject_are_limited_with_4429(aiohttp_client, config):
-    client = await aiohttp_client(create_app(dataclasses.replace(config, ws_max_sockets_per_subject=2)))
+async def test_sockets_per_token_subject_are_limited_with_4429(client_with):
+    client = await client_with(ws_max_sockets_per_subject=2)
     user = Actor(client)
     execution = await user.create_execution()
     first, second = await user.ws(execution["id"]).__aenter__(), await user.ws(execution["id"]).__aenter__()
@@ -95,9 +95,8 @@ async def test_sockets_per_token_subject_are_limited_with_4429(aiohttp_client, c
         await second.close()
 
 
-async def test_a_message_flood_is_cut_to_the_rate_with_one_error_a_second(aiohttp_client, config):
-    client = await aiohttp_client(create_app(dataclasses.replace(
-        config, ws_messages_per_second=5, ws_message_burst=10, ws_outbox_capacity=10_000)))
+async def test_a_message_flood_is_cut_to_the_rate_with_one_error_a_second(client_with):
+    client = await client_with(ws_messages_per_second=5, ws_message_burst=10, ws_outbox_capacity=10_000)
     user = Actor(client)
     async with client.ws_connect("/api/v1/ws", headers=user.headers) as ws:
         for _ in range(500):
