@@ -755,9 +755,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the service during S1, S2, S3 and S5 (raw stacks under OUT/profile-NAME/)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--s3-pairs", type=int, metavar="N",
+                        help="S3's (ceiling, flat out) pairs: more for comparing two versions (default 3, quick 2)")
     args = parser.parse_args(argv)
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.s3_pairs:
+        sizes = dataclasses.replace(sizes, s3_pairs=args.s3_pairs)
     name = args.name or {"full": "latest", "quick": "quick", "smoke": "smoke"}[mode_name]
     designs = [d for d in args.designs.split(",") if d]
     scenarios = [s for s in args.scenarios.split(",") if s]
