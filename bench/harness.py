@@ -327,9 +327,11 @@ class Bench:
             self.server.stop_profile()
 
     def stop_server(self) -> None:
-        broadcast(self.clients, "close", 60)
-        self.server.stop()
-        self.server = None
+        try:
+            broadcast(self.clients, "close", 60)
+        finally:  # the process goes even when a client fails to close: S3 measures with no server
+            self.server.stop()
+            self.server = None
 
     def start_writers(self, design: str) -> None:
         for writer in self.writers:
@@ -409,7 +411,8 @@ class Bench:
         return 2.3 if design == "polling" else 0.6
 
     def meter(self) -> CpuMeter:
-        return CpuMeter({"server": [self.server.proc.pid] if self.server else [], "postgres": [self.db.postmaster_pid()],
+        server = [self.server.proc.pid] if self.server else []
+        return CpuMeter({"server": server, "postgres": [self.db.postmaster_pid()],
                          "clients": [c.pid for c in self.clients], "writers": [w.pid for w in self.writers]})
 
     # scenarios --------------------------------------------------------------------------------
@@ -498,13 +501,14 @@ class Bench:
         ids = self.db.new_executions(design, z.s3_executions)
         idle_ids = self.db.new_executions(design, z.s3_executions)  # written in the ceiling phases
         shares, idle_shares = [ids[i::w] for i in range(w)], [idle_ids[i::w] for i in range(w)]
-        # Before the server starts, nobody LISTENs: PostgreSQL signals every listening backend at
-        # each notifying commit, and that backend's work and the server's intake (even with no
-        # socket) cost the writers part of the rate. Reported beside the pairs' ceilings.
-        unheard, _ = self.s3_ceiling(idle_shares, "s3none")
+        # Before the server starts and after it stops, nobody LISTENs: PostgreSQL signals every
+        # listening backend at each notifying commit, and that backend's work and the server's
+        # intake (even with no socket) cost the writers part of the rate. Reported beside the
+        # pairs' ceilings; measured on both sides, as the rates drift over a scenario.
+        unheard = [self.s3_ceiling(idle_shares, "s3none")[0]]
         self.start_server(design, "S3")
         ceiling, ceiling_cpu = self.s3_ceiling(idle_shares, "s3ceil")
-        log(f"  ceiling {ceiling:.0f} commits/s with no subscribers ({unheard:.0f} before the server started)")
+        log(f"  ceiling {ceiling:.0f} commits/s with no subscribers, {unheard[0]:.0f} before the server")
         connected = self.connect(ids)
         steps, all_commits = [], []
         with self.profiling(design, "S3"):
@@ -520,6 +524,8 @@ class Bench:
                 steps[-1].update(target_fraction=1.0, ceiling_per_s=round(pair_ceiling, 1))
         sockets = self.dump()
         self.stop_server()
+        unheard.append(self.s3_ceiling(idle_shares, "s3none")[0])
+        unheard_per_s = sum(unheard) / len(unheard)
         lost = 0
         for step, commits in zip(steps, all_commits):
             a = stats.analyze(commits, sockets)
@@ -537,8 +543,10 @@ class Bench:
                 and s["delivered_per_s"] >= 0.95 * s["committed_per_s"]]
         busiest = max(("server", "postgres", "clients", "writers"), key=lambda g: top["cpu_percent"].get(g, 0))
         return {"ceiling_per_s": top["ceiling_per_s"], "first_ceiling_per_s": round(ceiling, 1),
-                "ceiling_nobody_listening_per_s": round(unheard, 1),
-                "delivered_fraction_of_ceiling_nobody_listening": round(top["delivered_per_s"] / unheard, 3),
+                "ceiling_nobody_listening_per_s": round(unheard_per_s, 1),
+                "ceiling_nobody_listening_before_after": [round(u, 1) for u in unheard],
+                "delivered_fraction_of_ceiling_nobody_listening":
+                    round(top["delivered_per_s"] / unheard_per_s, 3),
                 "ceiling_cpu_percent": ceiling_cpu, "sockets": connected["connected"], "writers": w,
                 "delivered_per_s": top["delivered_per_s"], "committed_per_s": top["committed_per_s"],
                 "delivered_fraction_of_ceiling": top["fraction_of_ceiling"],
@@ -743,6 +751,12 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # so the finally blocks stop every process this run started
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number above 0, not {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
@@ -755,12 +769,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the service during S1, S2, S3 and S5 (raw stacks under OUT/profile-NAME/)")
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--s3-pairs", type=int, metavar="N",
-                        help="S3's (ceiling, flat out) pairs: more for comparing two versions (default 3, quick 2)")
+    parser.add_argument("--s3-pairs", type=_positive, metavar="N",
+                        help="S3's (ceiling, flat out) pairs (3; quick 2; smoke 1); more to compare versions")
     args = parser.parse_args(argv)
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
-    if args.s3_pairs:
+    if args.s3_pairs is not None:
         sizes = dataclasses.replace(sizes, s3_pairs=args.s3_pairs)
     name = args.name or {"full": "latest", "quick": "quick", "smoke": "smoke"}[mode_name]
     designs = [d for d in args.designs.split(",") if d]

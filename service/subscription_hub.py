@@ -208,16 +208,18 @@ class SubscriptionHub:
         rows = await self._reader.events_after(after)
         preview_limit = self._preview_limit
         # Every message of the batch is built before the first is written, and counted after the
-        # last: the writes leave back to back, so a client process woken by the first finds the
-        # others already in (one wake-up for all its sockets, not one each). On shared cores that
-        # CPU is the database's (bench/PROFILE.md, session 4).
+        # last, so the writes leave back to back: a client process woken by the first finds the
+        # others already in, one wake-up for all its sockets rather than one each. That matters
+        # where clients share the cores with PostgreSQL (the bench: bench/PROFILE.md, session 4);
+        # the price is that a batch's first write waits for the batch to be encoded (microseconds
+        # per message).
         events = [event_from_parts(kind, execution_id, seq, data, preview_limit)
                   for kind, execution_id, seq, data in rows
                   # not built at all when nobody watches any more or it was published already
                   if self._watchers.get(execution_id) and seq > self._published.get(execution_id, 0)]
-        offered = [self._publish(event) for event in events]
+        sent = [(event, self._publish(event), time.time()) for event in events]
         if self.metrics is not None:
-            self._count_sent(events, offered)
+            self._count_sent(sent)
 
     def _publish(self, event: Event) -> int:
         """Offer an event to every socket watching its execution; how many took it."""
@@ -227,14 +229,14 @@ class SubscriptionHub:
         self._published[event.execution_id] = event.seq
         return sum(outbox.offer(event) for outbox in watchers)
 
-    def _count_sent(self, events: list[Event], offered: list[int]) -> None:
-        """Once per event, not per socket: a count for all its subscribers, one latency sample."""
-        now = time.time()
-        for event, sent in zip(events, offered):
-            if sent:
-                self._sent_counters[event.kind].inc(sent)
+    def _count_sent(self, sent: list[tuple[Event, int, float]]) -> None:
+        """Per (event, sockets that took it, when it was written): a count for all its sockets and
+        one commit-to-send sample, not one per socket."""
+        for event, sockets, at in sent:
+            if sockets:
+                self._sent_counters[event.kind].inc(sockets)
                 if event.committed_at is not None:
-                    self.metrics.commit_to_send_seconds.observe(max(0.0, now - _epoch(event.committed_at)))
+                    self.metrics.commit_to_send_seconds.observe(max(0.0, at - _epoch(event.committed_at)))
 
     async def _feed(self, execution_ids: list[str]) -> None:
         for row in await repository.get_executions(self._pool, execution_ids):

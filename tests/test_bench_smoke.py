@@ -36,4 +36,7 @@ def test_bench_smoke_run_loses_nothing_and_writes_the_issue_shape(tmp_path):
     assert report["S1"]["designs"]["service"]["delivered"] > 0
     assert report["S2"]["designs"]["service"]["lost"] == 0
     assert report["S3"]["lost"] == 0 and report["S3"]["reordered"] == 0
+    service_s3 = report["S3"]["designs"]["service"]
+    assert len(service_s3["ceiling_nobody_listening_before_after"]) == 2  # before the server, after
+    assert service_s3["ceiling_nobody_listening_per_s"] > 0
     assert report["S5"]["missed"] == 0 and report["S5"]["repeated"] == 0

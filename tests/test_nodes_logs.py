@@ -182,7 +182,7 @@ async def test_cancelling_a_running_execution_closes_every_socket_with_the_final
 
 # -- connect and resume ----------------------------------------------------------------------
 
-async def test_connect_snapshot_is_status_then_nodes_then_the_last_log_lines(client_with, worker):
+async def test_connect_snapshot_is_status_then_nodes_then_the_last_log_lines(client_with):
     client = await client_with(ws_log_tail=3)
     user, worker = Actor(client), Actor(client, "worker")
     execution = await user.create_execution()

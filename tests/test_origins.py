@@ -1,6 +1,5 @@
 """Browsers: CORS for the configured origins on REST, and WebSocket handshakes from other sites refused."""
 
-
 import aiohttp
 import pytest
 

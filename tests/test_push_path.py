@@ -15,7 +15,8 @@ from service.socket_outbox import CLOSE_TOO_SLOW, SocketOutbox
 
 from .actors import Actor
 from .test_metrics import scrape, value
-from .test_push import drain_snapshot, next_status
+from .test_nodes_logs import multiplexed
+from .test_push import drain_snapshot, next_json, next_status
 
 
 class FakeTransport:
@@ -209,6 +210,42 @@ async def test_a_read_that_fails_closes_the_socket_1011_or_fails_that_subscripti
     assert (status, body["id"]) == (200, execution["id"])
     # The subscription and the socket were released: nothing left behind in the hub.
     assert client.app[hub_key].subscription_count == 0
+
+
+async def test_changes_committed_together_leave_in_seq_order_on_every_socket(client, user, sql):
+    """One transaction, one notification batch, one read: each socket gets the changes in seq
+    order, the status as it is now (a status is a row: the `running` in between is replaced by
+    the newer state), a single-execution socket closes after the final one, and each message is
+    counted once per socket that got it, with one latency sample."""
+    execution = await user.create_execution()
+    eid = execution["id"]
+    async with user.ws(eid) as single, multiplexed(user) as multi:
+        await drain_snapshot(single)
+        await multi.send_json({"type": "subscribe", "execution_id": eid})
+        await drain_snapshot(multi)
+        before = await scrape(client)
+        await sql.execute(
+            "BEGIN;"
+            " UPDATE executions SET status = 'running' WHERE id = %s;"
+            " INSERT INTO execution_logs (execution_id, message) VALUES (%s, 'working');"
+            " INSERT INTO execution_logs (execution_id, message) VALUES (%s, 'wrapping up');"
+            " UPDATE executions SET status = 'completed' WHERE id = %s;"
+            " COMMIT", (eid,) * 4)
+        expected = [("log", "working"), ("log", "wrapping up"), ("status", "completed")]
+        got = [await next_json(multi) for _ in expected]
+        assert [(m["type"], m.get("status") or m.get("message")) for m in got] == expected
+        assert [m["seq"] for m in got] == sorted({m["seq"] for m in got})
+        got = [await next_json(single) for _ in expected]
+        assert [(m["type"], m.get("status") or m.get("message")) for m in got] == expected
+        closing = await single.receive(timeout=5)
+        assert (closing.type, closing.data, closing.extra) == (WSMsgType.CLOSE, 1000, "finished")
+        after = await scrape(client)
+    for kind, messages in (("status", 1), ("log", 2)):
+        assert value(after, "aiagent_messages_sent_total", type=kind) == value(
+            before, "aiagent_messages_sent_total", type=kind) + 2 * messages  # on two sockets
+    # One latency sample per message, not per socket.
+    assert value(after, "aiagent_commit_to_send_seconds_count") == value(
+        before, "aiagent_commit_to_send_seconds_count") + 3
 
 
 async def test_push_metrics_count_messages_latency_and_corrections(client, user, sql):

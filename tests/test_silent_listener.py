@@ -3,12 +3,10 @@ replaced once its ping goes unanswered."""
 
 import asyncio
 import contextlib
-import dataclasses
 
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from service.app import create_app
 from service.pg_listener import APPLICATION_NAME
 from service.typedefs import listener_key
 
@@ -82,10 +80,9 @@ async def proxy(config):
     await proxy.stop()
 
 
-async def test_reconcile_delivers_while_the_listener_is_a_black_hole(aiohttp_client, config, proxy, sql):
-    config = dataclasses.replace(config, database_url=proxy.url, reconcile_interval_seconds=0.5,
-                                 listener_ping_seconds=30)
-    client = await aiohttp_client(create_app(config))
+async def test_reconcile_delivers_while_the_listener_is_a_black_hole(client_with, proxy, sql):
+    client = await client_with(database_url=proxy.url, reconcile_interval_seconds=0.5,
+                               listener_ping_seconds=30)
     user = Actor(client)
     execution = await user.create_execution()
     async with user.ws(execution["id"]) as ws:
@@ -103,10 +100,9 @@ async def test_reconcile_delivers_while_the_listener_is_a_black_hole(aiohttp_cli
     assert value(samples, "aiagent_reconcile_corrections_total") == 1, "the metric shows what the listener missed"
 
 
-async def test_an_unanswered_ping_replaces_a_silent_listener(aiohttp_client, config, proxy, sql):
-    config = dataclasses.replace(config, database_url=proxy.url, reconcile_interval_seconds=60,
-                                 listener_ping_seconds=0.5)
-    client = await aiohttp_client(create_app(config))
+async def test_an_unanswered_ping_replaces_a_silent_listener(client_with, proxy, sql):
+    client = await client_with(database_url=proxy.url, reconcile_interval_seconds=60,
+                               listener_ping_seconds=0.5)
     listener = client.app[listener_key]
     proxy.freeze_listener()
     for _ in range(100):

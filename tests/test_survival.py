@@ -3,7 +3,6 @@
 Each test prints the figures it measured (run with -s to see them)."""
 
 import asyncio
-import dataclasses
 import json
 import signal
 import time
@@ -15,7 +14,6 @@ import psycopg2
 import pytest
 from aiohttp import WSMsgType
 
-from service.app import create_app
 from service.embedded_db import start_embedded_postgres
 from service.migrations import apply_migrations
 
@@ -170,10 +168,9 @@ class Writer:
 
 
 async def test_postgres_restarted_under_100_sockets_every_socket_ends_with_the_last_committed_state(
-        aiohttp_client, config, restartable_postgres):
+        client_with, restartable_postgres):
     postgres = restartable_postgres
-    config = dataclasses.replace(config, database_url=postgres.url, ws_max_sockets_per_subject=1000)
-    client = await aiohttp_client(create_app(config))
+    client = await client_with(database_url=postgres.url, ws_max_sockets_per_subject=1000)
     user = Actor(client, "admin")
     workflow = await user.create_workflow()
     executions = [await user.create_execution(workflow["id"]) for _ in range(25)]
