@@ -218,19 +218,22 @@ async def prune_history(pool: aiopg.Pool, older_than_days: float) -> dict[str, i
 # -- what the push path reads ----------------------------------------------------------------
 
 # Every event of the given executions after the given seqs, in seq order: the current status (if
-# it changed since), node history and log lines. One statement, so one consistent snapshot.
+# it changed since), node history and log lines. One statement, so one consistent snapshot. Rows
+# as json, not jsonb: the status row is read for every change a socket watches, and row_to_json
+# costs PostgreSQL about half of what to_jsonb does (S3: bench/PROFILE.md, session 4). Both parse
+# to the same values, so a live change and a snapshot (CATCH_UP) of one state are equal.
 EVENTS_AFTER = f"""
     WITH wanted AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS w(id, after))
-    SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq, to_jsonb(s) AS data
+    SELECT 'status' AS kind, e.id::text AS execution_id, e.status_seq AS seq, row_to_json(s) AS data
     FROM wanted w JOIN executions e ON e.id = w.id,
          LATERAL (SELECT {EXECUTION_COLUMNS}) s
     WHERE e.status_seq > w.after
     UNION ALL
-    SELECT 'node', v.execution_id::text, v.seq, to_jsonb(v) || jsonb_build_object('title', n.title)
+    SELECT 'node', v.execution_id::text, v.seq, (to_jsonb(v) || jsonb_build_object('title', n.title))::json
     FROM wanted w JOIN node_events v ON v.execution_id = w.id AND v.seq > w.after
          JOIN execution_nodes n ON n.execution_id = v.execution_id AND n.node_id = v.node_id
     UNION ALL
-    SELECT 'log', l.execution_id::text, l.seq, to_jsonb(l)
+    SELECT 'log', l.execution_id::text, l.seq, to_json(l)
     FROM wanted w JOIN execution_logs l ON l.execution_id = w.id AND l.seq > w.after
     ORDER BY execution_id, seq
 """

@@ -154,6 +154,26 @@ async def test_late_joiner_gets_the_current_status(user, worker):
             "running", 70, "almost", 2)
 
 
+async def test_a_live_change_and_a_later_snapshot_of_the_same_state_are_the_same_message(user, sql):
+    """The live read and the snapshot read build a status from different statements: a client
+    that reconnects must see exactly what a watching one saw (nested JSON, escapes, floats)."""
+    execution = await user.create_execution()
+    eid = execution["id"]
+    result = {"é": [1, 2.5, None, 1e-7], "nested": {"b": True, "a": "line\nbreak \"quoted\" ✓"}}
+    async with user.ws(eid) as watching:
+        await drain_snapshot(watching)
+        await sql.execute("UPDATE executions SET status = 'running', progress = 33, message = %s WHERE id = %s",
+                          ("tab\there, emoji 🚀, <b>", eid))
+        await sql.execute("UPDATE executions SET status = 'completed', result = %s WHERE id = %s",
+                          (json.dumps(result), eid))
+        live = (await until_status(watching, "completed"))[-1]
+    async with user.ws(eid) as joining:
+        snapshot = await next_status(joining)
+    assert live == snapshot
+    assert (live["result"], live["message"]) == (result, "tab\there, emoji 🚀, <b>")
+    assert isinstance(live["execution_time"], float) and isinstance(live["progress"], int)
+
+
 async def test_joining_a_finished_execution_gets_the_final_status_and_1000(user, worker):
     execution = await user.create_execution()
     path = f"/api/v1/executions/{execution['id']}"
