@@ -162,8 +162,8 @@ async def test_a_live_change_and_a_later_snapshot_of_the_same_state_are_the_same
     result = {"é": [1, 2.5, None, 1e-7], "nested": {"b": True, "a": "line\nbreak \"quoted\" ✓"}}
     async with user.ws(eid) as watching:
         await drain_snapshot(watching)
-        await sql.execute("UPDATE executions SET status = 'running', progress = 33, message = %s WHERE id = %s",
-                          ("tab\there, emoji 🚀, <b>", eid))
+        await sql.execute("UPDATE executions SET status = 'running', progress = 33, message = %s "
+                          "WHERE id = %s", ("tab\there, emoji 🚀, <b>", eid))
         await sql.execute("UPDATE executions SET status = 'completed', result = %s WHERE id = %s",
                           (json.dumps(result), eid))
         live = (await until_status(watching, "completed"))[-1]
