@@ -513,15 +513,19 @@ class Bench:
         steps, all_commits = [], []
         with self.profiling(design, "S3"):
             for k, fraction in enumerate(z.s3_steps):
-                steps.append(self.s3_step(design, shares, fraction * ceiling / w, f"s3s{k}", all_commits))
-                steps[-1].update(target_fraction=fraction, target_per_s=round(fraction * ceiling, 1))
+                step, commits = self.s3_step(design, shares, fraction * ceiling / w, f"s3s{k}")
+                step.update(target_fraction=fraction, target_per_s=round(fraction * ceiling, 1))
+                steps.append(step)
+                all_commits.append(commits)
             for k in range(z.s3_pairs):
                 broadcast(self.clients, "drop", 60)
                 self.wait_server_idle(z.baseline_drain_cap)
                 pair_ceiling, _ = self.s3_ceiling(idle_shares, f"s3c{k}")
                 broadcast(self.clients, "reconnect", 60, concurrency=z.connect_concurrency, timeout=30)
-                steps.append(self.s3_step(design, shares, 0, f"s3t{k}", all_commits))
-                steps[-1].update(target_fraction=1.0, ceiling_per_s=round(pair_ceiling, 1))
+                step, commits = self.s3_step(design, shares, 0, f"s3t{k}")
+                step.update(target_fraction=1.0, ceiling_per_s=round(pair_ceiling, 1))
+                steps.append(step)
+                all_commits.append(commits)
         sockets = self.dump()
         self.stop_server()
         unheard.append(self.s3_ceiling(idle_shares, "s3none")[0])
@@ -565,8 +569,9 @@ class Bench:
         span = max(c[3] for c in commits) - min(c[3] for c in commits)
         return len(commits) / max(span, 1e-6), cpu
 
-    def s3_step(self, design: str, shares: list[list[str]], rate: float, tag: str, all_commits: list) -> dict:
-        """One step with subscribers: each writer at `rate` (0: as fast as it commits)."""
+    def s3_step(self, design: str, shares: list[list[str]], rate: float, tag: str) -> tuple[dict, list]:
+        """One step with subscribers: each writer at `rate` (0: as fast as it commits); its figures
+        and its commit records."""
         q0 = self.db.server_queries(design)
         meter = self.meter()
         meter.start()
@@ -574,11 +579,10 @@ class Bench:
         cpu = meter.stop()
         drained = self.wait_quiet(self.quiet_for(design), 20 if design == "service" else self.sizes.baseline_drain_cap)
         seconds = max(r["seconds"] for r in replies)
-        all_commits.append(commits)
         log(f"  {tag}: {len(commits) / seconds:.0f} commits/s, cpu {cpu}")
         return {"committed_per_s": round(len(commits) / seconds, 1), "commits": len(commits),
                 "seconds": round(seconds, 2), "drain_seconds": round(drained, 2),
-                "server_queries": self.db.server_queries(design) - q0, "cpu_percent": cpu}
+                "server_queries": self.db.server_queries(design) - q0, "cpu_percent": cpu}, commits
 
     def s4(self, design: str) -> dict:
         """Idle cost: many subscribed sockets, no changes."""

@@ -213,9 +213,11 @@ class SubscriptionHub:
         # where clients share the cores with PostgreSQL (the bench: bench/PROFILE.md, session 4);
         # the price is that a batch's first write waits for the batch to be encoded (microseconds
         # per message).
+        # Not built at all when nobody watches any more or it was published already (by a
+        # concurrent read: this check and the writes below run with no await between them, and
+        # rows come in seq order, so each one is news when its turn comes).
         events = [event_from_parts(kind, execution_id, seq, data, preview_limit)
                   for kind, execution_id, seq, data in rows
-                  # not built at all when nobody watches any more or it was published already
                   if self._watchers.get(execution_id) and seq > self._published.get(execution_id, 0)]
         sent = [(event, self._publish(event), time.time()) for event in events]
         if self.metrics is not None:
@@ -223,11 +225,8 @@ class SubscriptionHub:
 
     def _publish(self, event: Event) -> int:
         """Offer an event to every socket watching its execution; how many took it."""
-        watchers = self._watchers.get(event.execution_id)
-        if not watchers or event.seq <= self._published.get(event.execution_id, 0):
-            return 0
         self._published[event.execution_id] = event.seq
-        return sum(outbox.offer(event) for outbox in watchers)
+        return sum(outbox.offer(event) for outbox in self._watchers.get(event.execution_id, ()))
 
     def _count_sent(self, sent: list[tuple[Event, int, float]]) -> None:
         """Per (event, sockets that took it, when it was written): a count for all its sockets and
