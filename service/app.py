@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.http_websocket import WSCloseCode
 
 from .config import Config
+from .cancellation import cancel_and_wait
 from .cors import cors
 from .expiry_timer import ExpiryTimer
 from .heartbeat import Heartbeat
@@ -125,8 +126,6 @@ async def background(coro):
     try:
         yield task
     finally:
-        task.cancel()
         # Bounded: a database call that does not return on cancellation must not hold up the exit.
-        done, _ = await asyncio.wait({task}, timeout=5)
-        if not done:
+        if await cancel_and_wait([task], timeout=5):
             log.warning("background.stop_timed_out", task=task.get_coro().__qualname__)

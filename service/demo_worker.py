@@ -14,6 +14,8 @@ import aiopg
 import psycopg2
 import structlog
 
+from .cancellation import cancel_and_wait
+
 log = structlog.get_logger(__name__)
 
 SEED_OWNER = "developer"  # the development token's subject
@@ -263,9 +265,7 @@ async def run_worker(database_url: str, settings: DemoSettings, *, seed: bool,
                     if task is not None:
                         task.cancel()
                 ids = list(running.values())
-                for task in list(running):
-                    task.cancel()
-                await asyncio.gather(*running, return_exceptions=True)
+                await cancel_and_wait(list(running))
                 await abandon(pool, ids)
                 log.info("demo.worker_stopped", abandoned=len(ids))
 
