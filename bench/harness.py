@@ -7,6 +7,7 @@ drives it from separate client and writer processes (bench/loadgen_*.py).
 """
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -103,6 +105,7 @@ class Database:
                 cur.execute("ALTER SYSTEM SET max_connections = 200")
         # pg_ctl restart reuses the options the server was started with (its socket directory).
         pg_ctl(["-w", "restart"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
+        self.admin_url = admin
         self.admin = psycopg2.connect(admin)
         self.admin.autocommit = True
         with self.admin.cursor() as cur:
@@ -280,6 +283,45 @@ class CpuMeter:
         return result
 
 
+class WaitSampler:
+    """What the writers' backends are waiting on, sampled from pg_stat_activity between start()
+    and stop(): the share of samples per wait event ("CPU" when running, "idle: writer" between
+    statements, while the writer process prepares the next). Tells which resource a flat-out
+    phase runs out of: notifying commits queue on one lock (PostgreSQL's async.c takes it at
+    pre-commit and keeps it through the commit record's flush, so queue order is commit order)."""
+
+    INTERVAL = 0.02  # 50 samples a second: a small, equal cost to every phase it watches
+
+    def __init__(self, dsn: str, backend_pids: list[int]):
+        self._dsn, self._pids = dsn, backend_pids
+        self._stop = threading.Event()
+        self._counts: collections.Counter = collections.Counter()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        with contextlib.closing(psycopg2.connect(self._dsn, application_name="bench wait sampler")) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                while not self._stop.wait(self.INTERVAL):
+                    cur.execute("SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
+                                "WHERE pid = ANY(%s)", (self._pids,))
+                    for state, kind, event in cur.fetchall():
+                        if state != "active":
+                            self._counts["idle: writer"] += 1
+                        else:
+                            self._counts[f"{kind}: {event}" if kind else "CPU"] += 1
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="wait sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(10)
+        total = sum(self._counts.values()) or 1
+        return {event: round(n / total, 3) for event, n in self._counts.most_common()}
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 class Bench:
@@ -293,6 +335,7 @@ class Bench:
         self.db = Database(workdir / "pg")
         self.clients = [Child("bench.loadgen_clients", name=f"clients{i}") for i in range(sizes.clients)]
         self.writers: list[Child] = []
+        self.writer_backends: list[int] = []  # their PostgreSQL backends' pids
         self.server: Server | None = None
         self.curves: dict = {}   # latency samples kept for the plot
         self._files = 0
@@ -338,8 +381,7 @@ class Bench:
             writer.stop()
         self.writers = [Child("bench.loadgen_writer", self.db.urls[design], name=f"writer{i}")
                         for i in range(self.sizes.writers)]
-        for writer in self.writers:
-            writer.recv(30)
+        self.writer_backends = [writer.recv(30)["backend_pid"] for writer in self.writers]
 
     def connect(self, execution_ids: list[str], timeout: float | None = None) -> dict:
         """Spread the sockets over the client processes; returns totals."""
@@ -507,7 +549,7 @@ class Bench:
         # pairs' ceilings; measured on both sides, as the rates drift over a scenario.
         unheard = [self.s3_ceiling(idle_shares, "s3none")[0]]
         self.start_server(design, "S3")
-        ceiling, ceiling_cpu = self.s3_ceiling(idle_shares, "s3ceil")
+        ceiling, ceiling_watched = self.s3_ceiling(idle_shares, "s3ceil")
         log(f"  ceiling {ceiling:.0f} commits/s with no subscribers, {unheard[0]:.0f} before the server")
         connected = self.connect(ids)
         steps, all_commits = [], []
@@ -520,10 +562,11 @@ class Bench:
             for k in range(z.s3_pairs):
                 broadcast(self.clients, "drop", 60)
                 self.wait_server_idle(z.baseline_drain_cap)
-                pair_ceiling, _ = self.s3_ceiling(idle_shares, f"s3c{k}")
+                pair_ceiling, pair_watched = self.s3_ceiling(idle_shares, f"s3c{k}")
                 broadcast(self.clients, "reconnect", 60, concurrency=z.connect_concurrency, timeout=30)
                 step, commits = self.s3_step(design, shares, 0, f"s3t{k}")
-                step.update(target_fraction=1.0, ceiling_per_s=round(pair_ceiling, 1))
+                step.update(target_fraction=1.0, ceiling_per_s=round(pair_ceiling, 1),
+                            ceiling_writer_waits=pair_watched["writer_waits"])
                 steps.append(step)
                 all_commits.append(commits)
         sockets = self.dump()
@@ -551,38 +594,52 @@ class Bench:
                 "ceiling_nobody_listening_before_after": [round(u, 1) for u in unheard],
                 "delivered_fraction_of_ceiling_nobody_listening":
                     round(top["delivered_per_s"] / unheard_per_s, 3),
-                "ceiling_cpu_percent": ceiling_cpu, "sockets": connected["connected"], "writers": w,
+                "ceiling_cpu_percent": ceiling_watched["cpu_percent"], "sockets": connected["connected"], "writers": w,
                 "delivered_per_s": top["delivered_per_s"], "committed_per_s": top["committed_per_s"],
                 "delivered_fraction_of_ceiling": top["fraction_of_ceiling"],
                 "pair_fractions": [s["fraction_of_ceiling"] for s in steps if "ceiling_per_s" in s],
                 "p99_ms": max((s["p99_ms"] for s in tops if s["p99_ms"] is not None), default=None),
                 "lost": lost, "reordered": reordered,
                 "sustained_per_s": max((s["delivered_per_s"] for s in good), default=0.0),
-                "busiest_process_at_top": busiest, "steps": steps}
+                "busiest_process_at_top": busiest,
+                "writer_waits_at_ceiling": top["ceiling_writer_waits"], "writer_waits_at_top": top["writer_waits"],
+                "steps": steps}
+
+    @contextlib.contextmanager
+    def watching(self):
+        """CPU per group of processes and the writers' waits over the block, in the dict it
+        yields (filled on the way out: cpu_percent, writer_waits)."""
+        meter, waits = self.meter(), WaitSampler(self.db.admin_url, self.writer_backends)
+        figures: dict = {}
+        meter.start()
+        waits.start()
+        try:
+            yield figures
+        finally:
+            figures.update(cpu_percent=meter.stop(), writer_waits=waits.stop())
 
     def s3_ceiling(self, idle_shares: list[list[str]], tag: str) -> tuple[float, dict]:
-        """Notifying commits per second, as fast as they go, to executions nobody watches."""
-        meter = self.meter()
-        meter.start()
-        commits, _ = self.write(self.writers, idle_shares, 0, self.sizes.s3_ceiling_seconds, tag)
-        cpu = meter.stop()
+        """Notifying commits per second, as fast as they go, to executions nobody watches; and
+        what the phase used and waited on (watching())."""
+        with self.watching() as watched:
+            commits, _ = self.write(self.writers, idle_shares, 0, self.sizes.s3_ceiling_seconds, tag)
         span = max(c[3] for c in commits) - min(c[3] for c in commits)
-        return len(commits) / max(span, 1e-6), cpu
+        return len(commits) / max(span, 1e-6), watched
 
     def s3_step(self, design: str, shares: list[list[str]], rate: float, tag: str) -> tuple[dict, list]:
         """One step with subscribers: each writer at `rate` (0: as fast as it commits); its figures
         and its commit records."""
         q0 = self.db.server_queries(design)
-        meter = self.meter()
-        meter.start()
-        commits, replies = self.write(self.writers, shares, rate, self.sizes.s3_step_seconds, tag)
-        cpu = meter.stop()
+        with self.watching() as watched:
+            commits, replies = self.write(self.writers, shares, rate, self.sizes.s3_step_seconds, tag)
+        cpu = watched["cpu_percent"]
         drained = self.wait_quiet(self.quiet_for(design), 20 if design == "service" else self.sizes.baseline_drain_cap)
         seconds = max(r["seconds"] for r in replies)
         log(f"  {tag}: {len(commits) / seconds:.0f} commits/s, cpu {cpu}")
         return {"committed_per_s": round(len(commits) / seconds, 1), "commits": len(commits),
                 "seconds": round(seconds, 2), "drain_seconds": round(drained, 2),
-                "server_queries": self.db.server_queries(design) - q0, "cpu_percent": cpu}, commits
+                "server_queries": self.db.server_queries(design) - q0, "cpu_percent": cpu,
+                "writer_waits": watched["writer_waits"]}, commits
 
     def s4(self, design: str) -> dict:
         """Idle cost: many subscribed sockets, no changes."""
