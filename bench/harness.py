@@ -248,12 +248,24 @@ class Server:
 
 
 class CpuMeter:
-    """CPU seconds used per group of processes between start() and stop(), and the machine's share."""
+    """CPU seconds used per group of processes between start() and stop(), and the machine's share;
+    also (`waiting`) how long each group was runnable but waiting for a core, from the kernel's
+    per-task run-queue delay (/proc/PID/schedstat): on two shared cores, that wait is what one
+    process's work costs the others."""
 
     def __init__(self, groups: dict[str, list[int]]):
         self.groups = groups
+        self.waiting: dict[str, float] = {}  # percent of the elapsed time, summed over the group
 
-    def _sample(self) -> dict[str, dict[int, float]]:
+    @staticmethod
+    def _run_delay(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                return int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def _sample(self) -> dict[str, dict[int, tuple[float, float]]]:
         out = {}
         for name, pids in self.groups.items():
             sample = {}
@@ -263,7 +275,7 @@ class CpuMeter:
                     for p in [proc, *proc.children(recursive=True)]:
                         with contextlib.suppress(psutil.Error):
                             t = p.cpu_times()
-                            sample[p.pid] = t.user + t.system
+                            sample[p.pid] = (t.user + t.system, self._run_delay(p.pid))
             out[name] = sample
         return out
 
@@ -275,8 +287,11 @@ class CpuMeter:
         s1, m1 = self._sample(), psutil.cpu_times()
         result = {}
         for name, sample in s1.items():
-            used = sum(v - self._s0[name].get(pid, 0.0) for pid, v in sample.items())
+            before = self._s0[name]
+            used = sum(cpu - before.get(pid, (0.0, 0.0))[0] for pid, (cpu, _) in sample.items())
+            waited = sum(delay - before.get(pid, (0.0, 0.0))[1] for pid, (_, delay) in sample.items())
             result[name] = round(100 * used / elapsed, 1)  # percent of one core
+            self.waiting[name] = round(100 * waited / elapsed, 1)
         busy0 = sum(self._m0) - self._m0.idle - getattr(self._m0, "iowait", 0)
         busy1 = sum(m1) - m1.idle - getattr(m1, "iowait", 0)
         result["machine"] = round(100 * (busy1 - busy0) / (sum(m1) - sum(self._m0)), 1)  # percent of all cores
@@ -285,7 +300,7 @@ class CpuMeter:
 
 class WaitSampler:
     """What the writers' backends are waiting on, sampled from pg_stat_activity between start()
-    and stop(): the share of samples per wait event ("CPU" when running, "idle: writer" between
+    and stop(): the percentage of samples per wait event ("CPU" when running, "idle: writer" between
     statements, while the writer process prepares the next). Tells which resource a flat-out
     phase runs out of: notifying commits queue on one lock (PostgreSQL's async.c takes it at
     pre-commit and keeps it through the commit record's flush, so queue order is commit order)."""
@@ -319,7 +334,7 @@ class WaitSampler:
         self._stop.set()
         self._thread.join(10)
         total = sum(self._counts.values()) or 1
-        return {event: round(n / total, 3) for event, n in self._counts.most_common()}
+        return {event: round(100 * n / total, 1) for event, n in self._counts.most_common()}
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -566,7 +581,8 @@ class Bench:
                 broadcast(self.clients, "reconnect", 60, concurrency=z.connect_concurrency, timeout=30)
                 step, commits = self.s3_step(design, shares, 0, f"s3t{k}")
                 step.update(target_fraction=1.0, ceiling_per_s=round(pair_ceiling, 1),
-                            ceiling_writer_waits=pair_watched["writer_waits"])
+                            ceiling_writer_waits=pair_watched["writer_waits"],
+                            ceiling_waiting_for_cpu_percent=pair_watched["waiting_for_cpu_percent"])
                 steps.append(step)
                 all_commits.append(commits)
         sockets = self.dump()
@@ -603,12 +619,14 @@ class Bench:
                 "sustained_per_s": max((s["delivered_per_s"] for s in good), default=0.0),
                 "busiest_process_at_top": busiest,
                 "writer_waits_at_ceiling": top["ceiling_writer_waits"], "writer_waits_at_top": top["writer_waits"],
+                "waiting_for_cpu_at_ceiling": top["ceiling_waiting_for_cpu_percent"],
+                "waiting_for_cpu_at_top": top["waiting_for_cpu_percent"],
                 "steps": steps}
 
     @contextlib.contextmanager
     def watching(self):
         """CPU per group of processes and the writers' waits over the block, in the dict it
-        yields (filled on the way out: cpu_percent, writer_waits)."""
+        yields (filled on the way out: cpu_percent, waiting_for_cpu_percent, writer_waits)."""
         meter, waits = self.meter(), WaitSampler(self.db.admin_url, self.writer_backends)
         figures: dict = {}
         meter.start()
@@ -616,7 +634,8 @@ class Bench:
         try:
             yield figures
         finally:
-            figures.update(cpu_percent=meter.stop(), writer_waits=waits.stop())
+            figures.update(cpu_percent=meter.stop(), waiting_for_cpu_percent=meter.waiting,
+                           writer_waits=waits.stop())
 
     def s3_ceiling(self, idle_shares: list[list[str]], tag: str) -> tuple[float, dict]:
         """Notifying commits per second, as fast as they go, to executions nobody watches; and
@@ -639,6 +658,7 @@ class Bench:
         return {"committed_per_s": round(len(commits) / seconds, 1), "commits": len(commits),
                 "seconds": round(seconds, 2), "drain_seconds": round(drained, 2),
                 "server_queries": self.db.server_queries(design) - q0, "cpu_percent": cpu,
+                "waiting_for_cpu_percent": watched["waiting_for_cpu_percent"],
                 "writer_waits": watched["writer_waits"]}, commits
 
     def s4(self, design: str) -> dict:

@@ -40,5 +40,6 @@ def test_bench_smoke_run_loses_nothing_and_writes_the_issue_shape(tmp_path):
     assert len(service_s3["ceiling_nobody_listening_before_after"]) == 2  # before the server, after
     assert service_s3["ceiling_nobody_listening_per_s"] > 0
     for waits in (service_s3["writer_waits_at_ceiling"], service_s3["writer_waits_at_top"]):
-        assert waits and abs(sum(waits.values()) - 1) < 0.02, waits  # shares of the writers' samples
+        assert waits and abs(sum(waits.values()) - 100) < 2, waits  # % of the writers' samples
+    assert {"postgres", "server", "clients", "writers"} <= set(service_s3["waiting_for_cpu_at_top"])
     assert report["S5"]["missed"] == 0 and report["S5"]["repeated"] == 0
