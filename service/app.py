@@ -8,8 +8,8 @@ import structlog
 from aiohttp import web
 from aiohttp.http_websocket import WSCloseCode
 
-from .config import Config
 from .cancellation import cancel_and_wait
+from .config import Config
 from .cors import cors
 from .expiry_timer import ExpiryTimer
 from .heartbeat import Heartbeat

@@ -18,6 +18,8 @@ from .cancellation import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
+# How long a stop waits for the runs to end (a statement on a dead network may not return).
+STOP_TIMEOUT = 10.0
 SEED_OWNER = "developer"  # the development token's subject
 SEED_WORKFLOWS = (
     ("research agent", (("plan", "Plan the research"), ("search", "Search the web"),
@@ -261,11 +263,13 @@ async def run_worker(database_url: str, settings: DemoSettings, *, seed: bool,
                         async with asyncio.timeout(settings.poll_seconds):
                             await _first(stop.wait(), wake.wait())
             finally:
-                for task in (waker, submitter):
-                    if task is not None:
-                        task.cancel()
                 ids = list(running.values())
-                await cancel_and_wait(list(running))
+                tasks = [*running, *(t for t in (waker, submitter) if t is not None)]
+                if stuck := await cancel_and_wait(tasks, timeout=STOP_TIMEOUT):
+                    log.warning("demo.stop_timed_out", tasks=len(stuck))
+                for task in tasks:
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        log.warning("demo.task_failed", exc_info=task.exception())
                 await abandon(pool, ids)
                 log.info("demo.worker_stopped", abandoned=len(ids))
 

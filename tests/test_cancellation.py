@@ -2,6 +2,7 @@
 the demo worker's runs and the service's background tasks must still end."""
 
 import asyncio
+import contextlib
 
 from service.cancellation import cancel_and_wait
 
@@ -39,3 +40,12 @@ async def test_a_task_that_does_not_end_is_returned_once_the_timeout_has_passed(
     let_go.set()
     task.cancel()
     await task
+
+
+async def test_a_timeout_of_zero_still_cancels_every_task_once():
+    task = asyncio.create_task(asyncio.sleep(30))
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([task], timeout=0) == {task}  # not waited for
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert task.cancelled()
