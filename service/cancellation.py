@@ -4,7 +4,8 @@ import asyncio
 from collections.abc import Iterable
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task], *, timeout: float | None = None) -> set[asyncio.Task]:
+async def cancel_and_wait(tasks: Iterable[asyncio.Task], *,
+                          timeout: float | None = None) -> set[asyncio.Task]:
     """Cancel the tasks and wait for them to end; returns those still running after `timeout` s.
 
     Every task is cancelled at least once, and again every half second until it ends: aiopg awaits
