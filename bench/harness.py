@@ -248,22 +248,27 @@ class Server:
 
 
 class CpuMeter:
-    """CPU seconds used per group of processes between start() and stop(), and the machine's share;
-    also (`waiting`) how long each group was runnable but waiting for a core, from the kernel's
-    per-task run-queue delay (/proc/PID/schedstat): on two shared cores, that wait is what one
-    process's work costs the others."""
+    """CPU seconds used per group of processes between start() and stop(), and the machine's share.
+
+    stop() also fills `waiting`: per group, how many of its threads were runnable but waiting for
+    a core, on average over the window (the kernel's run-queue delay, /proc/PID/task/*/schedstat,
+    in seconds per second). On two shared cores that wait is what the others' work costs a group."""
 
     def __init__(self, groups: dict[str, list[int]]):
         self.groups = groups
-        self.waiting: dict[str, float] = {}  # percent of the elapsed time, summed over the group
+        self.waiting: dict[str, float] = {}
 
     @staticmethod
-    def _run_delay(pid: int) -> float:
+    def _run_delay(pid: int) -> float | None:
+        """Seconds the process's threads have waited in a run queue; None once it is gone."""
         try:
-            with open(f"/proc/{pid}/schedstat") as f:
-                return int(f.read().split()[1]) / 1e9
+            total = 0
+            for task in os.scandir(f"/proc/{pid}/task"):
+                with open(f"{task.path}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            return total / 1e9
         except (OSError, IndexError, ValueError):
-            return 0.0
+            return None
 
     def _sample(self) -> dict[str, dict[int, tuple[float, float]]]:
         out = {}
@@ -274,8 +279,9 @@ class CpuMeter:
                     proc = psutil.Process(pid)
                     for p in [proc, *proc.children(recursive=True)]:
                         with contextlib.suppress(psutil.Error):
-                            t = p.cpu_times()
-                            sample[p.pid] = (t.user + t.system, self._run_delay(p.pid))
+                            t, delay = p.cpu_times(), self._run_delay(p.pid)
+                            if delay is not None:  # a process that exits meanwhile is left out
+                                sample[p.pid] = (t.user + t.system, delay)
             out[name] = sample
         return out
 
@@ -291,7 +297,7 @@ class CpuMeter:
             used = sum(cpu - before.get(pid, (0.0, 0.0))[0] for pid, (cpu, _) in sample.items())
             waited = sum(delay - before.get(pid, (0.0, 0.0))[1] for pid, (_, delay) in sample.items())
             result[name] = round(100 * used / elapsed, 1)  # percent of one core
-            self.waiting[name] = round(100 * waited / elapsed, 1)
+            self.waiting[name] = round(waited / elapsed, 2)
         busy0 = sum(self._m0) - self._m0.idle - getattr(self._m0, "iowait", 0)
         busy1 = sum(m1) - m1.idle - getattr(m1, "iowait", 0)
         result["machine"] = round(100 * (busy1 - busy0) / (sum(m1) - sum(self._m0)), 1)  # percent of all cores
@@ -300,41 +306,58 @@ class CpuMeter:
 
 class WaitSampler:
     """What the writers' backends are waiting on, sampled from pg_stat_activity between start()
-    and stop(): the percentage of samples per wait event ("CPU" when running, "idle: writer" between
-    statements, while the writer process prepares the next). Tells which resource a flat-out
-    phase runs out of: notifying commits queue on one lock (PostgreSQL's async.c takes it at
-    pre-commit and keeps it through the commit record's flush, so queue order is commit order)."""
+    and stop(): the percentage of samples per wait event ("no wait event" when on a core or
+    waiting for one; "idle: writer" between statements, while the writer process makes the next).
+    Tells which resource a flat-out phase runs out of: notifying commits queue on one lock
+    (PostgreSQL's async.c takes it before queueing a transaction's notifications and keeps it to
+    the transaction's end, past its commit record's flush, so queue order is commit order)."""
 
-    INTERVAL = 0.02  # 50 samples a second: a small, equal cost to every phase it watches
+    # 20 samples a second on a connection opened once, each about 0.16 ms of its backend's time
+    # (the pg_stat_activity view costs 0.55): 0.3 % of a core, the same in every phase.
+    INTERVAL = 0.05
 
-    def __init__(self, dsn: str, backend_pids: list[int]):
-        self._dsn, self._pids = dsn, backend_pids
-        self._stop = threading.Event()
-        self._counts: collections.Counter = collections.Counter()
+    def __init__(self, dsn: str):
+        self._dsn = dsn
+        self._conn = None
         self._thread: threading.Thread | None = None
 
-    def _run(self) -> None:
-        with contextlib.closing(psycopg2.connect(self._dsn, application_name="bench wait sampler")) as conn:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                while not self._stop.wait(self.INTERVAL):
-                    cur.execute("SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
-                                "WHERE pid = ANY(%s)", (self._pids,))
+    def _run(self, pids: list[int], counts: collections.Counter, stop: threading.Event,
+             failure: list) -> None:
+        try:
+            with self._conn.cursor() as cur:
+                while not stop.wait(self.INTERVAL):
+                    cur.execute("SELECT a.state, a.wait_event_type, a.wait_event "
+                                "FROM unnest(%s::int[]) AS w(pid), pg_stat_get_activity(w.pid) AS a", (pids,))
                     for state, kind, event in cur.fetchall():
                         if state != "active":
-                            self._counts["idle: writer"] += 1
+                            counts["idle: writer"] += 1
                         else:
-                            self._counts[f"{kind}: {event}" if kind else "CPU"] += 1
+                            counts[f"{kind}: {event}" if kind else "no wait event"] += 1
+        except Exception as exc:  # raised again by stop(), in the harness's thread
+            failure.append(exc)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="wait sampler", daemon=True)
+    def start(self, backend_pids: list[int]) -> None:
+        if self._conn is None:
+            self._conn = psycopg2.connect(self._dsn, application_name="bench wait sampler")
+            self._conn.autocommit = True
+        self._counts, self._stop, self._failure = collections.Counter(), threading.Event(), []
+        self._thread = threading.Thread(target=self._run, name="wait sampler", daemon=True,
+                                        args=(backend_pids, self._counts, self._stop, self._failure))
         self._thread.start()
 
     def stop(self) -> dict:
         self._stop.set()
         self._thread.join(10)
+        if self._thread.is_alive():
+            raise RuntimeError("the wait sampler did not stop within 10 s")
+        if self._failure:
+            raise RuntimeError(f"the wait sampler failed: {self._failure[0]!r}")
         total = sum(self._counts.values()) or 1
         return {event: round(100 * n / total, 1) for event, n in self._counts.most_common()}
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -348,6 +371,7 @@ class Bench:
         self.token = issue_token(SECRET, "bench", "admin", 6 * 3600)
         log("starting embedded PostgreSQL")
         self.db = Database(workdir / "pg")
+        self.wait_sampler = WaitSampler(self.db.admin_url)
         self.clients = [Child("bench.loadgen_clients", name=f"clients{i}") for i in range(sizes.clients)]
         self.writers: list[Child] = []
         self.writer_backends: list[int] = []  # their PostgreSQL backends' pids
@@ -360,6 +384,7 @@ class Bench:
             child.stop()
         if self.server is not None:
             self.server.stop()
+        self.wait_sampler.close()
         self.db.close()
 
     def path(self, stem: str) -> str:
@@ -581,8 +606,7 @@ class Bench:
                 broadcast(self.clients, "reconnect", 60, concurrency=z.connect_concurrency, timeout=30)
                 step, commits = self.s3_step(design, shares, 0, f"s3t{k}")
                 step.update(target_fraction=1.0, ceiling_per_s=round(pair_ceiling, 1),
-                            ceiling_writer_waits=pair_watched["writer_waits"],
-                            ceiling_waiting_for_cpu_percent=pair_watched["waiting_for_cpu_percent"])
+                            ceiling_phase=pair_watched)
                 steps.append(step)
                 all_commits.append(commits)
         sockets = self.dump()
@@ -610,7 +634,8 @@ class Bench:
                 "ceiling_nobody_listening_before_after": [round(u, 1) for u in unheard],
                 "delivered_fraction_of_ceiling_nobody_listening":
                     round(top["delivered_per_s"] / unheard_per_s, 3),
-                "ceiling_cpu_percent": ceiling_watched["cpu_percent"], "sockets": connected["connected"], "writers": w,
+                "ceiling_cpu_percent": ceiling_watched["cpu_percent"],
+                "sockets": connected["connected"], "writers": w,
                 "delivered_per_s": top["delivered_per_s"], "committed_per_s": top["committed_per_s"],
                 "delivered_fraction_of_ceiling": top["fraction_of_ceiling"],
                 "pair_fractions": [s["fraction_of_ceiling"] for s in steps if "ceiling_per_s" in s],
@@ -618,24 +643,27 @@ class Bench:
                 "lost": lost, "reordered": reordered,
                 "sustained_per_s": max((s["delivered_per_s"] for s in good), default=0.0),
                 "busiest_process_at_top": busiest,
-                "writer_waits_at_ceiling": top["ceiling_writer_waits"], "writer_waits_at_top": top["writer_waits"],
-                "waiting_for_cpu_at_ceiling": top["ceiling_waiting_for_cpu_percent"],
-                "waiting_for_cpu_at_top": top["waiting_for_cpu_percent"],
+                "writer_waits_at_ceiling": top["ceiling_phase"]["writer_waits"],
+                "writer_waits_at_top": top["writer_waits"],
+                "waiting_for_core_at_ceiling": top["ceiling_phase"]["waiting_for_core"],
+                "waiting_for_core_at_top": top["waiting_for_core"],
                 "steps": steps}
 
     @contextlib.contextmanager
     def watching(self):
         """CPU per group of processes and the writers' waits over the block, in the dict it
-        yields (filled on the way out: cpu_percent, waiting_for_cpu_percent, writer_waits)."""
-        meter, waits = self.meter(), WaitSampler(self.db.admin_url, self.writer_backends)
-        figures: dict = {}
+        yields (filled on the way out: cpu_percent, waiting_for_core, writer_waits)."""
+        meter = self.meter()
+        self.wait_sampler.start(self.writer_backends)
         meter.start()
-        waits.start()
+        figures: dict = {}
         try:
             yield figures
         finally:
-            figures.update(cpu_percent=meter.stop(), waiting_for_cpu_percent=meter.waiting,
-                           writer_waits=waits.stop())
+            try:
+                figures.update(cpu_percent=meter.stop(), waiting_for_core=meter.waiting)
+            finally:
+                figures["writer_waits"] = self.wait_sampler.stop()
 
     def s3_ceiling(self, idle_shares: list[list[str]], tag: str) -> tuple[float, dict]:
         """Notifying commits per second, as fast as they go, to executions nobody watches; and
@@ -658,7 +686,7 @@ class Bench:
         return {"committed_per_s": round(len(commits) / seconds, 1), "commits": len(commits),
                 "seconds": round(seconds, 2), "drain_seconds": round(drained, 2),
                 "server_queries": self.db.server_queries(design) - q0, "cpu_percent": cpu,
-                "waiting_for_cpu_percent": watched["waiting_for_cpu_percent"],
+                "waiting_for_core": watched["waiting_for_core"],
                 "writer_waits": watched["writer_waits"]}, commits
 
     def s4(self, design: str) -> dict:

@@ -28,10 +28,10 @@ ROWS = [
     ("S3", "highest step meeting p99<=50ms, no loss (/s)", "sustained_per_s"),
     ("S3", "lost / reordered", ("lost", "reordered")),
     ("S3", "busiest process, median pair", "busiest_process_at_top"),
-    ("S3", "writers' backends waiting on, % of samples, median pair's ceiling", "writer_waits_at_ceiling"),
+    ("S3", "writers' backends waiting on (% of samples), median pair's ceiling", "writer_waits_at_ceiling"),
     ("S3", "the same, flat out with subscribers", "writer_waits_at_top"),
-    ("S3", "runnable, waiting for a core, % of one core, median pair's ceiling", "waiting_for_cpu_at_ceiling"),
-    ("S3", "the same, flat out with subscribers", "waiting_for_cpu_at_top"),
+    ("S3", "threads waiting for a core, on average, median pair's ceiling", "waiting_for_core_at_ceiling"),
+    ("S3", "the same, flat out with subscribers", "waiting_for_core_at_top"),
     ("S4", "sockets", "sockets"),
     ("S4", "database queries/s while idle", "queries_per_s"),
     ("S4", "server memory per socket (KiB)", "kib_per_socket"),
@@ -49,8 +49,9 @@ def _cell(figures: dict, key) -> str:
     value = figures.get(key)
     if value is None:
         return "-"
-    if isinstance(value, dict):  # percentages by name (wait events largest first): the first four
-        return ", ".join(f"{name} {percent:g}" for name, percent in list(value.items())[:4])
+    if isinstance(value, dict):  # figures by name (wait events come largest first): the first four
+        shown = ", ".join(f"{name} {figure:g}" for name, figure in list(value.items())[:4])
+        return shown + (", ..." if len(value) > 4 else "") if value else "-"
     if isinstance(value, list):
         return ", ".join(_cell({key: v}, key) for v in value)
     if isinstance(value, float):

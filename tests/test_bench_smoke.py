@@ -41,5 +41,7 @@ def test_bench_smoke_run_loses_nothing_and_writes_the_issue_shape(tmp_path):
     assert service_s3["ceiling_nobody_listening_per_s"] > 0
     for waits in (service_s3["writer_waits_at_ceiling"], service_s3["writer_waits_at_top"]):
         assert waits and abs(sum(waits.values()) - 100) < 2, waits  # % of the writers' samples
-    assert {"postgres", "server", "clients", "writers"} <= set(service_s3["waiting_for_cpu_at_top"])
+    waiting = service_s3["waiting_for_core_at_top"]  # threads per group waiting for a core, on average
+    assert {"postgres", "server", "clients", "writers"} <= set(waiting), waiting
+    assert all(w >= 0 for w in waiting.values()) and sum(waiting.values()) > 0, waiting
     assert report["S5"]["missed"] == 0 and report["S5"]["repeated"] == 0
