@@ -36,7 +36,7 @@ class Config:
     listener_ping_seconds: float = 5.0
     listener_backoff_min_seconds: float = 0.1
     listener_backoff_max_seconds: float = 5.0
-    listener_coalesce_seconds: float = 0.005
+    listener_coalesce_seconds: float = 0.010
     shutdown_timeout_seconds: float = 10.0
     allowed_origins: tuple[str, ...] = ()
 
