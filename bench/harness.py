@@ -33,7 +33,7 @@ from service.auth import issue_token
 from service.migrations import apply_migrations
 
 from . import stats
-from .protocol import Child, ChildError, broadcast
+from .protocol import Child, ChildError, broadcast, recv_all, send_all
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -260,17 +260,19 @@ class CpuMeter:
 
     @staticmethod
     def _run_delay(pid: int) -> float | None:
-        """Seconds the process's threads have waited in a run queue; None once it is gone."""
+        """Seconds the process's threads have waited in a run queue; None when it cannot be read
+        (the process is gone, or the kernel keeps no schedstat)."""
+        total = 0
         try:
-            total = 0
             for task in os.scandir(f"/proc/{pid}/task"):
-                with open(f"{task.path}/schedstat") as f:
-                    total += int(f.read().split()[1])
-            return total / 1e9
+                with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                    with open(f"{task.path}/schedstat") as f:
+                        total += int(f.read().split()[1])
         except (OSError, IndexError, ValueError):
             return None
+        return total / 1e9
 
-    def _sample(self) -> dict[str, dict[int, tuple[float, float]]]:
+    def _sample(self) -> dict[str, dict[int, tuple[float, float | None]]]:
         out = {}
         for name, pids in self.groups.items():
             sample = {}
@@ -279,9 +281,8 @@ class CpuMeter:
                     proc = psutil.Process(pid)
                     for p in [proc, *proc.children(recursive=True)]:
                         with contextlib.suppress(psutil.Error):
-                            t, delay = p.cpu_times(), self._run_delay(p.pid)
-                            if delay is not None:  # a process that exits meanwhile is left out
-                                sample[p.pid] = (t.user + t.system, delay)
+                            t = p.cpu_times()
+                            sample[p.pid] = (t.user + t.system, self._run_delay(p.pid))
             out[name] = sample
         return out
 
@@ -295,7 +296,11 @@ class CpuMeter:
         for name, sample in s1.items():
             before = self._s0[name]
             used = sum(cpu - before.get(pid, (0.0, 0.0))[0] for pid, (cpu, _) in sample.items())
-            waited = sum(delay - before.get(pid, (0.0, 0.0))[1] for pid, (_, delay) in sample.items())
+            # A process seen at both ends counts from the first reading, a new one from 0; one
+            # whose delay could not be read at either end is left out of the wait only.
+            waited = sum(delay - (before[pid][1] if pid in before else 0.0)
+                         for pid, (_, delay) in sample.items()
+                         if delay is not None and (pid not in before or before[pid][1] is not None))
             result[name] = round(100 * used / elapsed, 1)  # percent of one core
             self.waiting[name] = round(waited / elapsed, 2)
         busy0 = sum(self._m0) - self._m0.idle - getattr(self._m0, "iowait", 0)
@@ -320,29 +325,32 @@ class WaitSampler:
         self._dsn = dsn
         self._conn = None
         self._thread: threading.Thread | None = None
+        self._counts: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._failure: Exception | None = None
 
-    def _run(self, pids: list[int], counts: collections.Counter, stop: threading.Event,
-             failure: list) -> None:
+    def _run(self, pids: list[int]) -> None:
         try:
             with self._conn.cursor() as cur:
-                while not stop.wait(self.INTERVAL):
+                while not self._stop.wait(self.INTERVAL):
                     cur.execute("SELECT a.state, a.wait_event_type, a.wait_event "
                                 "FROM unnest(%s::int[]) AS w(pid), pg_stat_get_activity(w.pid) AS a", (pids,))
                     for state, kind, event in cur.fetchall():
                         if state != "active":
-                            counts["idle: writer"] += 1
+                            self._counts["idle: writer"] += 1
                         else:
-                            counts[f"{kind}: {event}" if kind else "no wait event"] += 1
+                            self._counts[f"{kind}: {event}" if kind else "no wait event"] += 1
         except Exception as exc:  # raised again by stop(), in the harness's thread
-            failure.append(exc)
+            self._failure = exc
 
     def start(self, backend_pids: list[int]) -> None:
         if self._conn is None:
             self._conn = psycopg2.connect(self._dsn, application_name="bench wait sampler")
             self._conn.autocommit = True
-        self._counts, self._stop, self._failure = collections.Counter(), threading.Event(), []
-        self._thread = threading.Thread(target=self._run, name="wait sampler", daemon=True,
-                                        args=(backend_pids, self._counts, self._stop, self._failure))
+        self._counts, self._failure = collections.Counter(), None
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(backend_pids,), name="wait sampler",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> dict:
@@ -350,8 +358,8 @@ class WaitSampler:
         self._thread.join(10)
         if self._thread.is_alive():
             raise RuntimeError("the wait sampler did not stop within 10 s")
-        if self._failure:
-            raise RuntimeError(f"the wait sampler failed: {self._failure[0]!r}")
+        if self._failure is not None:
+            raise RuntimeError(f"the wait sampler failed: {self._failure!r}")
         total = sum(self._counts.values()) or 1
         return {event: round(100 * n / total, 1) for event, n in self._counts.most_common()}
 
@@ -464,13 +472,18 @@ class Bench:
         return sockets
 
     def write(self, writers: list[Child], ids_per_writer: list[list[str]], rate: float, seconds: float,
-              tag: str, max_count: int = 10**9) -> tuple[list, list[dict]]:
-        """Run writers together (rate is each writer's); returns all commit records and replies."""
+              tag: str, max_count: int = 10**9, watched: dict | None = None) -> tuple[list, list[dict]]:
+        """Run writers together (rate is each writer's); returns all commit records and replies.
+        With `watched`, fills it with what the processes used and waited on while the writers
+        wrote (watching()): from the moment they start together until the last has answered."""
         start_at = time.time() + 0.2
-        replies = broadcast(writers, "run", seconds + 120, per_child=[
+        send_all(writers, "run", per_child=[
             {"ids": ids, "out": self.path(f"{tag}-w{i}"), "tag": f"{tag}-w{i}"}
             for i, ids in enumerate(ids_per_writer)],
             rate=rate, duration=seconds, max_count=max_count, start_at=start_at)
+        time.sleep(max(0.0, start_at - time.time()))
+        with self.watching(watched) if watched is not None else contextlib.nullcontext():
+            replies = recv_all(writers, seconds + 120)
         commits = []
         for reply in replies:
             with open(reply["out"]) as f:
@@ -650,26 +663,25 @@ class Bench:
                 "steps": steps}
 
     @contextlib.contextmanager
-    def watching(self):
-        """CPU per group of processes and the writers' waits over the block, in the dict it
-        yields (filled on the way out: cpu_percent, waiting_for_core, writer_waits)."""
+    def watching(self, figures: dict):
+        """CPU per group of processes and the writers' waits over the block, into `figures` on
+        the way out: cpu_percent, waiting_for_core, writer_waits."""
         meter = self.meter()
         self.wait_sampler.start(self.writer_backends)
-        meter.start()
-        figures: dict = {}
         try:
-            yield figures
+            meter.start()
+            yield
+            figures["cpu_percent"] = meter.stop()
+            figures["waiting_for_core"] = meter.waiting
         finally:
-            try:
-                figures.update(cpu_percent=meter.stop(), waiting_for_core=meter.waiting)
-            finally:
-                figures["writer_waits"] = self.wait_sampler.stop()
+            figures["writer_waits"] = self.wait_sampler.stop()
 
     def s3_ceiling(self, idle_shares: list[list[str]], tag: str) -> tuple[float, dict]:
         """Notifying commits per second, as fast as they go, to executions nobody watches; and
         what the phase used and waited on (watching())."""
-        with self.watching() as watched:
-            commits, _ = self.write(self.writers, idle_shares, 0, self.sizes.s3_ceiling_seconds, tag)
+        watched: dict = {}
+        commits, _ = self.write(self.writers, idle_shares, 0, self.sizes.s3_ceiling_seconds, tag,
+                                watched=watched)
         span = max(c[3] for c in commits) - min(c[3] for c in commits)
         return len(commits) / max(span, 1e-6), watched
 
@@ -677,17 +689,16 @@ class Bench:
         """One step with subscribers: each writer at `rate` (0: as fast as it commits); its figures
         and its commit records."""
         q0 = self.db.server_queries(design)
-        with self.watching() as watched:
-            commits, replies = self.write(self.writers, shares, rate, self.sizes.s3_step_seconds, tag)
+        watched: dict = {}
+        commits, replies = self.write(self.writers, shares, rate, self.sizes.s3_step_seconds, tag,
+                                      watched=watched)
         cpu = watched["cpu_percent"]
         drained = self.wait_quiet(self.quiet_for(design), 20 if design == "service" else self.sizes.baseline_drain_cap)
         seconds = max(r["seconds"] for r in replies)
         log(f"  {tag}: {len(commits) / seconds:.0f} commits/s, cpu {cpu}")
         return {"committed_per_s": round(len(commits) / seconds, 1), "commits": len(commits),
                 "seconds": round(seconds, 2), "drain_seconds": round(drained, 2),
-                "server_queries": self.db.server_queries(design) - q0, "cpu_percent": cpu,
-                "waiting_for_core": watched["waiting_for_core"],
-                "writer_waits": watched["writer_waits"]}, commits
+                "server_queries": self.db.server_queries(design) - q0, **watched}, commits
 
     def s4(self, design: str) -> dict:
         """Idle cost: many subscribed sockets, no changes."""
@@ -879,7 +890,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="py-spy the service during S1, S2, S3 and S5 (raw stacks under OUT/profile-NAME/)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--s3-pairs", type=_positive, metavar="N",
-                        help="S3's (ceiling, flat out) pairs (3; quick 2; smoke 1); more to compare versions")
+                        help=f"S3's (ceiling, flat out) pairs ({FULL.s3_pairs}; quick {QUICK.s3_pairs}; "
+                             f"smoke {SMOKE.s3_pairs}); more to compare versions")
     args = parser.parse_args(argv)
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL

@@ -73,8 +73,17 @@ class Child:
 
 def broadcast(children: list[Child], cmd: str, wait: float, per_child: list[dict] | None = None, **fields):
     """Send one command to every child at once, then collect every reply."""
+    send_all(children, cmd, per_child, **fields)
+    return recv_all(children, wait)
+
+
+def send_all(children: list[Child], cmd: str, per_child: list[dict] | None = None, **fields) -> None:
     for i, child in enumerate(children):
         child.send(cmd, **fields, **(per_child[i] if per_child else {}))
+
+
+def recv_all(children: list[Child], wait: float) -> list[dict]:
+    """Every child's reply, all within `wait` seconds."""
     deadline = time.monotonic() + wait
     return [child.recv(max(0.1, deadline - time.monotonic())) for child in children]
 

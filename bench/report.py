@@ -49,8 +49,8 @@ def _cell(figures: dict, key) -> str:
     value = figures.get(key)
     if value is None:
         return "-"
-    if isinstance(value, dict):  # figures by name (wait events come largest first): the first four
-        shown = ", ".join(f"{name} {figure:g}" for name, figure in list(value.items())[:4])
+    if isinstance(value, dict):  # figures by name, in the order given: the first four
+        shown = ", ".join(f"{name} {_cell(value, name)}" for name in list(value)[:4])
         return shown + (", ..." if len(value) > 4 else "") if value else "-"
     if isinstance(value, list):
         return ", ".join(_cell({key: v}, key) for v in value)

@@ -44,8 +44,8 @@ def config(database_url) -> Config:
 
 
 @pytest.fixture
-async def client(aiohttp_client, config):
-    return await aiohttp_client(create_app(config))
+async def client(client_with):
+    return await client_with()
 
 
 @pytest.fixture

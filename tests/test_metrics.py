@@ -4,8 +4,6 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-
 from .test_resilience import terminate_listener
 from .test_push import next_json, next_status
 
@@ -94,9 +92,9 @@ async def test_listener_reconnects_are_counted(client, config):
     assert value(samples, "aiagent_listener_reconnects_total") == before + 1
 
 
-async def test_two_apps_in_one_process_keep_separate_counts(aiohttp_client, config):
-    first = await aiohttp_client(create_app(config))
-    second = await aiohttp_client(create_app(config))
+async def test_two_apps_in_one_process_keep_separate_counts(client_with):
+    first = await client_with()
+    second = await client_with()
     for _ in range(3):
         await first.get("/healthz")
     await second.get("/healthz")

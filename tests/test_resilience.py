@@ -2,7 +2,6 @@
 
 import asyncio
 import base64
-import dataclasses
 import os
 import socket
 import struct
@@ -11,7 +10,6 @@ import aiopg
 
 from aiohttp import WSMsgType
 
-from service.app import create_app
 from service.pg_listener import APPLICATION_NAME
 
 from .actors import Actor
@@ -32,10 +30,9 @@ async def readiness(client) -> int:
 
 
 async def test_killed_listener_reconnects_and_every_socket_ends_with_the_latest_state(
-        aiohttp_client, config, sql):
+        client_with, config, sql):
     # A slower backoff keeps the outage visible long enough to watch /readyz report it.
-    config = dataclasses.replace(config, listener_backoff_min_seconds=1.0, reconcile_interval_seconds=60)
-    client = await aiohttp_client(create_app(config))
+    client = await client_with(listener_backoff_min_seconds=1.0, reconcile_interval_seconds=60)
     user = Actor(client)
     executions = [await user.create_execution() for _ in range(3)]
     sockets = [await user.ws(e["id"]).__aenter__() for e in executions]
@@ -81,11 +78,10 @@ async def test_killed_listener_reconnects_and_every_socket_ends_with_the_latest_
             await ws.close()
 
 
-async def test_reconcile_delivers_what_no_notification_announced(aiohttp_client, config, sql):
+async def test_reconcile_delivers_what_no_notification_announced(client_with, config, sql):
     """A change whose NOTIFY never arrives (here: the listener is cut off) still reaches the socket."""
-    config = dataclasses.replace(config, reconcile_interval_seconds=0.5, listener_backoff_min_seconds=30,
-                                 listener_backoff_max_seconds=30)
-    client = await aiohttp_client(create_app(config))
+    client = await client_with(reconcile_interval_seconds=0.5, listener_backoff_min_seconds=30,
+                               listener_backoff_max_seconds=30)
     user = Actor(client)
     execution = await user.create_execution()
     async with user.ws(execution["id"]) as ws:
