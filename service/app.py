@@ -8,19 +8,28 @@ import structlog
 from aiohttp import web
 from aiohttp.http_websocket import WSCloseCode
 
+from .api.cors import cors
+from .api.http_middlewares import json_errors, not_for_sockets, request_context
 from .cancellation import cancel_and_wait
 from .config import Config
-from .cors import cors
-from .expiry_timer import ExpiryTimer
-from .heartbeat import Heartbeat
-from .http_middlewares import json_errors, not_for_sockets, request_context
 from .metrics import http_metrics, setup_metrics
-from .pg_listener import PgListener
+from .push.expiry_timer import ExpiryTimer
+from .push.heartbeat import Heartbeat
+from .push.pg_listener import PgListener
+from .push.socket_limits import SocketsPerSubject
+from .push.subscription_hub import SubscriptionHub
 from .routes import setup_routes
-from .socket_limits import SocketsPerSubject
-from .subscription_hub import SubscriptionHub
-from .typedefs import (config_key, db_pool_key, heartbeat_key, hub_key, listener_key, listener_task_key, metrics_key,
-                       socket_counts_key, token_expiries_key)
+from .typedefs import (
+    config_key,
+    db_pool_key,
+    heartbeat_key,
+    hub_key,
+    listener_key,
+    listener_task_key,
+    metrics_key,
+    socket_counts_key,
+    token_expiries_key,
+)
 
 log = structlog.get_logger(__name__)
 

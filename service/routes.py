@@ -2,7 +2,9 @@
 
 from aiohttp import web
 
-from . import dashboard_handlers, health_handlers, metrics, openapi, rest_handlers, ws_handlers
+from . import metrics
+from .api import dashboard_handlers, health_handlers, openapi, rest_handlers
+from .push import ws_handlers
 
 
 def setup_routes(app: web.Application) -> None:

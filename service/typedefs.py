@@ -7,11 +7,11 @@ import aiopg
 from aiohttp import web
 
 from .config import Config
-from .expiry_timer import ExpiryTimer
-from .heartbeat import Heartbeat
-from .pg_listener import PgListener
-from .socket_limits import SocketsPerSubject
-from .subscription_hub import SubscriptionHub
+from .push.expiry_timer import ExpiryTimer
+from .push.heartbeat import Heartbeat
+from .push.pg_listener import PgListener
+from .push.socket_limits import SocketsPerSubject
+from .push.subscription_hub import SubscriptionHub
 
 if TYPE_CHECKING:  # metrics.py imports this module
     from .metrics import Metrics

@@ -9,9 +9,10 @@ import pytest
 
 from service.app import create_app
 from service.config import Config
-from service.migrations import apply_migrations
+from service.db.migrations import apply_migrations
 
 from .actors import JWT_SECRET, Actor
+
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory):
@@ -19,7 +20,7 @@ def database_url(tmp_path_factory):
     url = os.environ.get("TEST_DATABASE_URL")
     server = None
     if not url:
-        from service.embedded_db import start_embedded_postgres
+        from service.dev.embedded_db import start_embedded_postgres
 
         # Under pytest's temporary directory, which pytest prunes (the server deletes only its pgdata).
         server = start_embedded_postgres(tmp_path_factory.mktemp("postgres"), throwaway=True)

@@ -7,10 +7,9 @@ import uuid
 import pytest
 from aiohttp import WSMsgType
 
-from service.read_batcher import ReadBatcher
+from service.push.read_batcher import ReadBatcher
 
 from .test_metrics import scrape, value
-
 
 # -- the batcher on its own ------------------------------------------------------------------
 

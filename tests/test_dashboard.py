@@ -1,7 +1,7 @@
 """The dashboard's page and static files, and the development token it may carry."""
 
+from service.api.dashboard_handlers import dev_token_key
 from service.app import create_app
-from service.dashboard_handlers import dev_token_key
 
 from .actors import token_for
 

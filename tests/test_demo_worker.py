@@ -7,8 +7,7 @@ import random
 import aiopg
 import pytest
 
-from service.demo_worker import DemoSettings, ExecutionRun, claim, run_worker, seed_workflows
-
+from service.dev.demo_worker import DemoSettings, ExecutionRun, claim, run_worker, seed_workflows
 
 FAST = DemoSettings(speed=200.0, concurrency=2, fail_rate=0.0, poll_seconds=0.2)
 

@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from service.expiry_timer import ExpiryTimer
+from service.push.expiry_timer import ExpiryTimer
 
 
 async def test_callbacks_run_at_their_time_in_order_and_cancelled_ones_never():

@@ -4,8 +4,8 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .test_resilience import terminate_listener
 from .test_push import next_json, next_status
+from .test_resilience import terminate_listener
 
 
 async def scrape(client) -> dict[tuple[str, tuple], float]:

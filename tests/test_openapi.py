@@ -13,9 +13,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from service.api.openapi import openapi_document
 from service.app import create_app
 from service.config import Config
-from service.openapi import openapi_document
 
 from .actors import JWT_SECRET, auth, token_for
 from .servers import free_port, wait_ready

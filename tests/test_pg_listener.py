@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import uuid
 
-from service.pg_listener import CHANNEL, PgListener
+from service.push.pg_listener import CHANNEL, PgListener
 
 
 @contextlib.asynccontextmanager

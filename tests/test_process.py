@@ -80,7 +80,7 @@ async def test_migrate_twice_at_once_on_an_empty_database_applies_each_file_once
     """Two runners race on a fresh database: the lock lets one apply everything, the other nothing."""
     from psycopg2.extensions import make_dsn, parse_dsn
 
-    from service.migrations import migration_files
+    from service.db.migrations import migration_files
 
     name = f"migrate_race_{uuid.uuid4().hex[:8]}"
     await sql.execute(f"CREATE DATABASE {name}")

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from aiohttp import WSMsgType
 
-from service.subscription_hub import FEW_WATCHERS
+from service.push.subscription_hub import FEW_WATCHERS
 from service.typedefs import hub_key
 
 from .actors import Actor, token_for
@@ -215,8 +215,9 @@ async def test_bad_since_gets_an_error_and_the_snapshot(user, since):
 # -- authentication and authorisation --------------------------------------------------------
 
 async def test_missing_bad_and_expired_tokens_close_with_4401(client, user):
-    import jwt
     import time
+
+    import jwt
 
     execution = await user.create_execution()
     path = f"/api/v1/ws/executions/{execution['id']}"

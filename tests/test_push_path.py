@@ -8,10 +8,10 @@ import aiopg
 from aiohttp import WSMsgType
 from prometheus_client import CollectorRegistry, Counter
 
-from service.messages import Event, text_frame
-from service.subscription_hub import CATCH_UP_READER, LIVE_READER
+from service.push.messages import Event, text_frame
+from service.push.socket_outbox import CLOSE_TOO_SLOW, SocketOutbox
+from service.push.subscription_hub import CATCH_UP_READER, LIVE_READER
 from service.typedefs import hub_key
-from service.socket_outbox import CLOSE_TOO_SLOW, SocketOutbox
 
 from .actors import Actor
 from .test_metrics import scrape, value

@@ -7,10 +7,9 @@ import socket
 import struct
 
 import aiopg
-
 from aiohttp import WSMsgType
 
-from service.pg_listener import APPLICATION_NAME
+from service.push.pg_listener import APPLICATION_NAME
 
 from .actors import Actor
 from .test_push import next_status

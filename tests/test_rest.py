@@ -250,7 +250,9 @@ async def test_missing_or_bad_token_is_401(client, headers):
 
 
 async def test_token_signed_with_another_secret_is_401(client):
-    import jwt, time
+    import time
+
+    import jwt
     forged = jwt.encode({"sub": "a", "role": "admin", "exp": time.time() + 60}, "other-secret-0123456789abcdef0123", "HS256")
     status, body = await raw(client, "GET", "/api/v1/executions", headers=auth(forged))
     assert_error(status, body, 401, "unauthorized")

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from service.pg_listener import APPLICATION_NAME
+from service.push.pg_listener import APPLICATION_NAME
 from service.typedefs import listener_key
 
 from .actors import Actor

@@ -14,8 +14,8 @@ import psycopg2
 import pytest
 from aiohttp import WSMsgType
 
-from service.embedded_db import start_embedded_postgres
-from service.migrations import apply_migrations
+from service.db.migrations import apply_migrations
+from service.dev.embedded_db import start_embedded_postgres
 
 from .actors import Actor, auth, token_for
 from .servers import start_server

@@ -12,11 +12,11 @@ import urllib.parse
 import structlog
 from aiohttp import web
 
-from .auth import InvalidToken, Principal, token_from_request, verify_token
-from .cors import origin_refused
-from .http_middlewares import bind_request_id, http_error_body
-from .metrics import count_request
-from .typedefs import config_key
+from ..api.cors import origin_refused
+from ..api.http_middlewares import bind_request_id, http_error_body
+from ..auth import InvalidToken, Principal, token_from_request, verify_token
+from ..metrics import count_request
+from ..typedefs import config_key
 
 log = structlog.get_logger(__name__)
 

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
+from ..typedefs import config_key
 from .http_middlewares import error_body
-from .typedefs import config_key
 
 ALLOWED_METHODS = "GET, POST, PATCH, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Request-ID"

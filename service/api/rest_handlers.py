@@ -6,14 +6,24 @@ import uuid
 import marshmallow
 from aiohttp import web
 
-from . import repository
-from .auth import InvalidToken, Principal, token_from_request, verify_token
+from ..auth import InvalidToken, Principal, token_from_request, verify_token
+from ..db import repository
+from ..typedefs import config_key, db_pool_key
 from .errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
 from .schemas import (
-    ExecutionCreate, ExecutionListQuery, ExecutionOut, ExecutionPatch, ListQuery, LogBatch, LogOut, LogQuery,
-    NodeOut, NodePatch, WorkflowCreate, WorkflowOut,
+    ExecutionCreate,
+    ExecutionListQuery,
+    ExecutionOut,
+    ExecutionPatch,
+    ListQuery,
+    LogBatch,
+    LogOut,
+    LogQuery,
+    NodeOut,
+    NodePatch,
+    WorkflowCreate,
+    WorkflowOut,
 )
-from .typedefs import config_key, db_pool_key
 
 EXECUTION_OUT = ExecutionOut()
 WORKFLOW_OUT = WorkflowOut()

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import psycopg2
 import structlog
 
-from . import pg_async
+from ..db import pg_async
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 TOKEN_MARK = "<!-- development token -->"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
 

@@ -14,7 +14,7 @@ import aiopg
 import psycopg2
 import structlog
 
-from .cancellation import cancel_and_wait
+from ..cancellation import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 LOCK_ID = 0x61696167  # "aiag": any constant shared by every runner
 
 

@@ -8,9 +8,9 @@ import dataclasses
 import functools
 
 import marshmallow
+from aiohttp import web
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from aiohttp import web
 from marshmallow import fields
 
 from . import schemas

@@ -4,8 +4,8 @@ import asyncio
 
 from aiohttp import web
 
-from . import repository
-from .typedefs import db_pool_key, listener_key
+from ..db import repository
+from ..typedefs import db_pool_key, listener_key
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -11,8 +11,9 @@ from collections.abc import Callable
 import aiopg
 import structlog
 
-from . import repository
-from .auth import Principal
+from ..auth import Principal
+from ..db import repository
+from .change_reader import PreparedReader
 from .messages import Event, event_from_parts, status_event
 from .read_batcher import ReadBatcher
 from .socket_outbox import SocketOutbox
@@ -63,8 +64,8 @@ class SubscriptionHub:
         self._pool = pool
         # Live changes and new subscribers read on connections of their own, so a reconnect storm
         # never holds up a change on its way out.
-        self._reader = repository.PreparedReader(dsn, application_name=LIVE_READER)
-        self._catch_up_reader = repository.PreparedReader(dsn, application_name=CATCH_UP_READER)
+        self._reader = PreparedReader(dsn, application_name=LIVE_READER)
+        self._catch_up_reader = PreparedReader(dsn, application_name=CATCH_UP_READER)
         self._catch_ups = ReadBatcher(self._read_catch_ups, max_batch=CATCH_UP_BATCH)
         self.metrics = metrics
         if metrics is not None:

@@ -12,16 +12,16 @@ import psycopg2
 import structlog
 from aiohttp import WSMsgType, web
 
+from ..api.schemas import STATUSES
+from ..auth import InvalidToken, Principal, verify_token
+from ..config import Config
+from ..typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_counts_key, token_expiries_key
 from . import messages, socket_handshake
-from .auth import InvalidToken, Principal, verify_token
-from .config import Config
 from .expiry_timer import ExpiryTimer
-from .schemas import STATUSES
 from .socket_handshake import CLOSE_UNAUTHORIZED
 from .socket_limits import CLOSE_TOO_MANY_SOCKETS, MessageRate
 from .socket_outbox import SocketOutbox
 from .subscription_hub import FeedFilter, SubscriptionHub
-from .typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_counts_key, token_expiries_key
 
 log = structlog.get_logger(__name__)
 

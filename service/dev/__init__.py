@@ -1,0 +1,1 @@
+"""Development only: the embedded PostgreSQL and the demo worker."""

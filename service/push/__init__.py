@@ -1,0 +1,11 @@
+"""The push path, read top down: a change in PostgreSQL reaches every socket watching it.
+
+    pg_listener        one LISTEN connection per process: batches of {execution id: seq}
+    subscription_hub   which sockets watch what; one read per batch (change_reader), one encoding
+    messages           the wire format, built once per change
+    socket_outbox      each socket's bounded queue, written at once or by a writer of its own
+    ws_handlers        the two socket routes: handshake (socket_handshake), subscribe, read loop
+
+Beside them: read_batcher (new subscribers read together), heartbeat and expiry_timer (one ping
+round and one token-expiry timer for every socket), socket_limits (per subject and per socket).
+"""
