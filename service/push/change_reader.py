@@ -70,6 +70,14 @@ CATCH_UP = f"""
 """
 
 
+# The status rows the executions feed needs, only of executions whose owner has a feed open ($2;
+# NULL while a worker or admin, who sees them all, has one).
+FEED_STATUSES = f"""
+    SELECT e.id::text, e.status_seq, row_to_json(s)
+    FROM executions e, LATERAL (SELECT {EXECUTION_COLUMNS}) s
+    WHERE e.id = ANY($1) AND ($2 IS NULL OR e.owner = ANY($2))
+"""
+
 # How long a hub read may take before its connection counts as dead (aiopg's default, kept).
 READ_TIMEOUT = 60.0
 
@@ -85,6 +93,7 @@ class PreparedReader:
         "events_after(uuid[], bigint[])": EVENTS_AFTER,
         "seqs(uuid[])": "SELECT id::text, seq FROM executions WHERE id = ANY($1)",
         "catch_up(uuid[], bigint[], text[], integer)": CATCH_UP,
+        "feed_statuses(uuid[], text[])": FEED_STATUSES,
     }
 
     def __init__(self, dsn: str, application_name: str):
@@ -130,6 +139,10 @@ class PreparedReader:
         ids = list(after)
         return await self._execute("EXECUTE events_after(%s::uuid[], %s::bigint[])",
                                    (ids, [after[i] for i in ids]))
+
+    async def feed_statuses(self, execution_ids: list[str], owners: list[str] | None) -> list[tuple]:
+        """Rows (execution_id, status_seq, data) of the executions owned by one of `owners` (None: any)."""
+        return await self._execute("EXECUTE feed_statuses(%s::uuid[], %s::text[])", (execution_ids, owners))
 
     async def execution_seqs(self, execution_ids: list[str]) -> dict[str, int]:
         return dict(await self._execute("EXECUTE seqs(%s::uuid[])", (execution_ids,)))

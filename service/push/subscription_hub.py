@@ -6,7 +6,6 @@ import dataclasses
 import datetime
 import time
 import typing
-from collections.abc import Callable
 
 import aiopg
 import structlog
@@ -14,7 +13,7 @@ import structlog
 from ..auth import Principal
 from ..db import repository
 from .change_reader import PreparedReader
-from .messages import Event, event_from_parts, status_event
+from .messages import Event, event_from_parts
 from .read_batcher import ReadBatcher
 from .socket_outbox import SocketOutbox
 
@@ -41,15 +40,15 @@ class CatchUp(typing.NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class FeedFilter:
-    """Which status changes a feed subscriber gets: `may_see(owner)` decides visibility."""
+    """Which status changes a feed subscriber gets: those of executions `viewer` owns (None: a
+    worker or admin, who sees every execution) that match the optional filters."""
 
-    may_see: Callable[[str], bool]
+    viewer: str | None
     workflow_id: str | None = None
     status: str | None = None
 
     def wants(self, row: dict) -> bool:
-        return (self.may_see(row["owner"])
-                and (self.workflow_id is None or row["workflow_id"] == self.workflow_id)
+        return ((self.workflow_id is None or row["workflow_id"] == self.workflow_id)
                 and (self.status is None or row["status"] == self.status))
 
 
@@ -79,6 +78,9 @@ class SubscriptionHub:
         self._published: dict[str, int] = {}
         self._announced: dict[str, int] = {}
         self._feeds: dict[SocketOutbox, FeedFilter] = {}
+        # The same subscribers by viewer, so a change is checked against the sockets that may
+        # see it, not against every feed socket (a list view is what most users have open).
+        self._feeds_by_viewer: dict[str | None, dict[SocketOutbox, FeedFilter]] = {}
         self._fed: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._emptied = asyncio.Event()
 
@@ -112,12 +114,26 @@ class SubscriptionHub:
         self._note_if_empty()
 
     def subscribe_feed(self, outbox: SocketOutbox, feed: FeedFilter) -> None:
+        """Subscribe, or replace the socket's feed (new filters, or a token for another viewer)."""
+        self._forget_feed(outbox)
         self._feeds[outbox] = feed
+        self._feeds_by_viewer.setdefault(feed.viewer, {})[outbox] = feed
         self._emptied.clear()
 
     def unsubscribe_feed(self, outbox: SocketOutbox) -> None:
-        self._feeds.pop(outbox, None)
+        self._forget_feed(outbox)
         self._note_if_empty()
+
+    def feed_of(self, outbox: SocketOutbox) -> FeedFilter | None:
+        return self._feeds.get(outbox)
+
+    def _forget_feed(self, outbox: SocketOutbox) -> None:
+        feed = self._feeds.pop(outbox, None)
+        if feed is not None:
+            same_viewer = self._feeds_by_viewer[feed.viewer]
+            del same_viewer[outbox]
+            if not same_viewer:
+                del self._feeds_by_viewer[feed.viewer]
 
     def drop(self, outbox: SocketOutbox, execution_ids) -> None:
         """Everything a closing socket subscribed to."""
@@ -239,18 +255,24 @@ class SubscriptionHub:
                     self.metrics.commit_to_send_seconds.observe(max(0.0, at - _epoch(event.committed_at)))
 
     async def _feed(self, execution_ids: list[str]) -> None:
-        for row in await repository.get_executions(self._pool, execution_ids):
-            if self._fed.get(row["id"], 0) >= row["status_seq"]:
+        """Status changes for the feed subscribers allowed to see them: one read of only the
+        executions whose owner has a feed open (any, while a worker or admin has one)."""
+        by_viewer = self._feeds_by_viewer
+        owners = None if None in by_viewer else list(by_viewer)
+        for execution_id, status_seq, data in await self._reader.feed_statuses(execution_ids, owners):
+            if self._fed.get(execution_id, 0) >= status_seq:
                 continue
-            self._fed[row["id"]] = row["status_seq"]
-            self._fed.move_to_end(row["id"])
+            self._fed[execution_id] = status_seq
+            self._fed.move_to_end(execution_id)
             if len(self._fed) > FEED_MEMORY:
                 self._fed.popitem(last=False)
             event = None
-            for outbox, feed in list(self._feeds.items()):
-                if feed.wants(row):
-                    event = event or status_event(row, terminal=False)
-                    outbox.offer_feed(event)
+            for feeds in (by_viewer.get(data["owner"]), by_viewer.get(None)):
+                for outbox, feed in (feeds or {}).items():
+                    if feed.wants(data):
+                        event = event or event_from_parts("status", execution_id, status_seq, data,
+                                                          self._preview_limit, terminal=False)
+                        outbox.offer_feed(event)
 
     async def close(self) -> None:
         await self._catch_ups.close()

@@ -4,6 +4,7 @@ GET /api/v1/ws/executions/{id}   the status, nodes and log of one execution; clo
 GET /api/v1/ws                   {"type": "subscribe", ...} for any number of executions and a feed
 """
 
+import dataclasses
 import functools
 import json
 import uuid
@@ -110,6 +111,10 @@ class SocketSession:
             self.expiries.cancel(self._expiry)
         self._expiry = self.expiries.call_at(principal.expires_at, self._expired)
 
+    @staticmethod
+    def _feed_viewer(principal: Principal) -> str | None:
+        return None if principal.sees_everything else principal.sub
+
     def _expired(self) -> None:
         log.info("ws.token_expired")
         self.outbox.close(CLOSE_UNAUTHORIZED, "token expired", drain=False)
@@ -123,6 +128,9 @@ class SocketSession:
             raise BadMessage(f"auth refused: {exc}; the previous token stays in force") from None
         self.use_token(principal)
         # Permissions are those of the token in force: drop what the new one may not see.
+        feed = self.hub.feed_of(self.outbox)
+        if feed is not None and feed.viewer != self._feed_viewer(principal):
+            self.hub.subscribe_feed(self.outbox, dataclasses.replace(feed, viewer=self._feed_viewer(principal)))
         if self.outbox.watching:
             owners = await self.hub.owners(list(self.outbox.watching))
             for execution_id in list(self.outbox.watching):
@@ -210,7 +218,7 @@ class SocketSession:
         if status is not None and status not in STATUSES:
             raise BadMessage(f"status must be one of {', '.join(STATUSES)}")
         self.hub.subscribe_feed(self.outbox, FeedFilter(
-            may_see=lambda owner: self.principal.may_see(owner), workflow_id=workflow_id, status=status))
+            self._feed_viewer(self.principal), workflow_id=workflow_id, status=status))
         return messages.encode({"type": "subscribed", "feed": "executions"})
 
     def _unsubscribe_message(self, data: dict) -> str:
