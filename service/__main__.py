@@ -1,4 +1,4 @@
-"""Command line: serve, migrate, token, psql, watch, demo-worker. Only this module starts anything."""
+"""Command line: serve, migrate, config, token, prune, psql, watch, demo-worker. Only this module starts anything."""
 
 import argparse
 import asyncio
@@ -9,7 +9,7 @@ import sys
 import structlog
 
 from .auth import ROLES, issue_token
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, load_config_and_sources
 from .db.migrations import apply_migrations
 from .logging_config import configure_logging
 
@@ -26,7 +26,12 @@ def with_development_defaults(config: Config) -> Config:
         return config
     from .dev.embedded_db import development_secret, start_embedded_postgres
 
-    server = start_embedded_postgres(config.data_dir)
+    try:
+        server = start_embedded_postgres(config.data_dir)
+    except OSError as exc:  # e.g. an installed service started without DATABASE_URL, in a read-only place
+        raise ConfigError(f"database_url is empty, so an embedded development database would run in data_dir "
+                          f"= {config.data_dir!r}, which cannot be used ({exc.strerror or exc}); "
+                          "set DATABASE_URL") from None
     return dataclasses.replace(
         config,
         database_url=server.get_uri(),
@@ -134,10 +139,13 @@ async def watch(config: Config, execution_id: str, since: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    parser.add_argument("--config", help="configuration file (default: AIAGENT_CONFIG or config/aiagent-live.toml)")
+    parser.add_argument("--config", help="TOML file of overrides (default: AIAGENT_CONFIG, else a checkout's "
+                                         "config/aiagent-live.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the server (embedded PostgreSQL when DATABASE_URL is unset)")
     commands.add_parser("migrate", help="apply pending migrations and exit")
+    commands.add_parser("config", help="print the effective configuration: every key with its description, "
+                                       "default and allowed values (secrets masked)")
     token = commands.add_parser("token", help="print a signed bearer token")
     token.add_argument("--sub", required=True)
     token.add_argument("--role", required=True, choices=ROLES)
@@ -161,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     try:
+        if args.command == "config":
+            from .config_report import render
+
+            print(render(*load_config_and_sources(args.config)), end="")
+            return 0
         config = load_config(args.config)
         configure_logging(config.log_level, config.log_format)
         if args.command == "serve":
