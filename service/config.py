@@ -46,8 +46,10 @@ def setting(default, description: str, **rule):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    host: str = setting("127.0.0.1", "Address to listen on (0.0.0.0: every interface, e.g. behind a load balancer).")
-    port: int = setting(8037, "TCP port of the REST API and the WebSockets.", minimum=1, maximum=65535)
+    host: str = setting(
+        "127.0.0.1", "Address to listen on (0.0.0.0: every interface, e.g. behind a load balancer).")
+    port: int = setting(
+        8037, "TCP port of the REST API and the WebSockets.", minimum=1, maximum=65535)
     listen_backlog: int = setting(
         4096, "Connections the kernel queues before they are accepted (capped by net.core.somaxconn): a "
         "reconnect storm comes all at once, and past the backlog clients wait a second for a SYN resend.",
@@ -56,54 +58,68 @@ class Config:
         "", "PostgreSQL URL (postgresql://user:password@host/db); empty: an embedded development "
         "PostgreSQL in data_dir.", password=True)
     data_dir: str = setting(
-        "var", "Directory (relative to the working directory) of the embedded development database and its "
-        "token secret; only used when database_url is empty.")
-    db_pool_min: int = setting(1, "Connections the REST pool keeps open.", minimum=0, maximum=1000)
-    db_pool_max: int = setting(10, "Most connections the REST pool opens.", minimum=1, maximum=1000)
+        "var", "Directory (relative to the working directory) of the embedded development database and "
+        "its token secret; only used when database_url is empty.")
+    db_pool_min: int = setting(
+        1, "Connections the REST pool keeps open.", minimum=0, maximum=1000)
+    db_pool_max: int = setting(
+        10, "Most connections the REST pool opens.", minimum=1, maximum=1000)
     jwt_secret: str = setting(
         "", "HS256 secret of bearer tokens; required with database_url (without it, a random one kept in "
         "data_dir/jwt_secret).", secret=True)
-    log_level: str = setting("info", "Least severe log level written.",
-                             choices=("debug", "info", "warning", "error", "critical"))
-    log_format: str = setting("auto", "Log lines as json, console (for people), or auto (console on a terminal).",
-                              choices=("auto", "json", "console"))
-    max_body_bytes: int = setting(8 * 1024 * 1024, "Largest REST request body, in bytes (results can be megabytes); "
-                                  "413 beyond.", minimum=1024, maximum=2**31 - 1)
-    ws_max_message_bytes: int = setting(64 * 1024, "Largest frame a WebSocket client may send; larger ones "
-                                        "close the socket with 1009.", minimum=1024, maximum=2**31 - 1)
+    log_level: str = setting(
+        "info", "Least severe log level written.", choices=("debug", "info", "warning", "error", "critical"))
+    log_format: str = setting(
+        "auto", "Log lines as json, console (for people), or auto (console on a terminal).",
+        choices=("auto", "json", "console"))
+    max_body_bytes: int = setting(
+        8 * 1024 * 1024, "Largest REST request body, in bytes (results can be megabytes); 413 beyond.",
+        minimum=1024, maximum=2**31 - 1)
+    ws_max_message_bytes: int = setting(
+        64 * 1024, "Largest frame a WebSocket client may send; larger ones close the socket with 1009.",
+        minimum=1024, maximum=2**31 - 1)
     ws_heartbeat_seconds: float = setting(
-        30.0, "Seconds between protocol ping rounds; a peer silent since the previous round's ping is dropped. "
-        "0 turns pings off.", minimum=0, maximum=86400)
-    ws_outbox_capacity: int = setting(256, "Messages one socket may have queued before it is closed with 1013 "
-                                      "(too slow).", minimum=1, maximum=1_000_000)
-    ws_send_timeout_seconds: float = setting(10.0, "Seconds one frame may take to leave before the socket is "
-                                             "closed with 1013 (too slow).", minimum=0.01, maximum=3600)
-    ws_max_subscriptions: int = setting(100, "Executions one socket on /api/v1/ws may subscribe to at once.",
-                                        minimum=1, maximum=1_000_000)
-    ws_max_sockets_per_subject: int = setting(50, "Sockets one token subject may hold open on one process; "
-                                              "past it a new socket closes with 4429.", minimum=1, maximum=10**8)
-    ws_messages_per_second: float = setting(20.0, "Messages a client may send on one socket a second, on average; "
-                                            "past it frames are dropped with an error.", minimum=0.01, maximum=10**6)
-    ws_message_burst: int = setting(50, "Messages a client may send on one socket in a burst.",
-                                    minimum=1, maximum=10**6)
-    ws_log_tail: int = setting(100, "Log lines a socket gets on connect (before live ones) when it does not "
-                               "resume with since.", minimum=0, maximum=100_000)
-    ws_output_preview_chars: int = setting(4096, "A node's output longer than this (as JSON text) is sent cut, "
-                                           "with output_truncated: true.", minimum=0, maximum=65536)
-    max_log_batch: int = setting(1000, "Most log lines one POST /api/v1/executions/{id}/logs may carry (413 beyond).",
-                                 minimum=1, maximum=1_000_000)
+        30.0, "Seconds between protocol ping rounds; a peer silent since the previous round's ping is "
+        "dropped. 0 turns pings off.", minimum=0, maximum=86400)
+    ws_outbox_capacity: int = setting(
+        256, "Messages one socket may have queued before it is closed with 1013 (too slow).",
+        minimum=1, maximum=1_000_000)
+    ws_send_timeout_seconds: float = setting(
+        10.0, "Seconds one frame may take to leave before the socket is closed with 1013 (too slow).",
+        minimum=0.01, maximum=3600)
+    ws_max_subscriptions: int = setting(
+        100, "Executions one socket on /api/v1/ws may subscribe to at once.", minimum=1, maximum=1_000_000)
+    ws_max_sockets_per_subject: int = setting(
+        50, "Sockets one token subject may hold open on one process; past it a new socket closes with 4429.",
+        minimum=1, maximum=10**8)
+    ws_messages_per_second: float = setting(
+        20.0, "Messages a client may send on one socket a second, on average; past it frames are dropped "
+        "with an error.", minimum=0.01, maximum=10**6)
+    ws_message_burst: int = setting(
+        50, "Messages a client may send on one socket in a burst.", minimum=1, maximum=10**6)
+    ws_log_tail: int = setting(
+        100, "Log lines a socket gets on connect (before live ones) when it does not resume with since.",
+        minimum=0, maximum=100_000)
+    ws_output_preview_chars: int = setting(
+        4096, "A node's output longer than this (as JSON text) is sent cut, with output_truncated: true.",
+        minimum=0, maximum=65536)
+    max_log_batch: int = setting(
+        1000, "Most log lines one POST /api/v1/executions/{id}/logs may carry (413 beyond).",
+        minimum=1, maximum=1_000_000)
     reconcile_interval_seconds: float = setting(
-        10.0, "Seconds between reconciles, which re-read every subscribed execution in one query and catch "
-        "a listener that died without an error.", minimum=0.01, maximum=86400)
-    listener_ping_seconds: float = setting(5.0, "An idle LISTEN connection is pinged this often; no answer "
-                                           "within the same time means dead.", minimum=0.01, maximum=3600)
-    listener_backoff_min_seconds: float = setting(0.1, "First wait before the listener reconnects; doubled "
-                                                  "after each failure.", minimum=0.001, maximum=3600)
-    listener_backoff_max_seconds: float = setting(5.0, "Longest wait between the listener's reconnects.",
-                                                  minimum=0.001, maximum=3600)
+        10.0, "Seconds between reconciles, which re-read every subscribed execution in one query and "
+        "catch a listener that died without an error.", minimum=0.01, maximum=86400)
+    listener_ping_seconds: float = setting(
+        5.0, "An idle LISTEN connection is pinged this often; no answer within the same time means dead.",
+        minimum=0.01, maximum=3600)
+    listener_backoff_min_seconds: float = setting(
+        0.1, "First wait before the listener reconnects; doubled after each failure.",
+        minimum=0.001, maximum=3600)
+    listener_backoff_max_seconds: float = setting(
+        5.0, "Longest wait between the listener's reconnects.", minimum=0.001, maximum=3600)
     listener_coalesce_seconds: float = setting(
-        0.010, "While changes come faster than they are read, the listener gathers them this long before each "
-        "read (one read for many commits); 0 turns it off.", minimum=0, maximum=1)
+        0.010, "While changes come faster than they are read, the listener gathers them this long before "
+        "each read (one read for many commits); 0 turns it off.", minimum=0, maximum=1)
     shutdown_timeout_seconds: float = setting(
         10.0, "On SIGTERM or SIGINT: stop accepting, close sockets with 1001, finish requests, close the "
         "listener and the pool, and exit within this many seconds.", minimum=0.1, maximum=3600)
@@ -192,7 +208,9 @@ def parse(name: str, raw, source: str):
             value = tuple(origin.rstrip("/") for origin in value)
             if not all(origin == "*" or ORIGIN.fullmatch(origin) for origin in value):
                 raise ValueError
-        if (rule.minimum is not None and value < rule.minimum) or (rule.maximum is not None and value > rule.maximum):
+        if rule.minimum is not None and value < rule.minimum:
+            raise ValueError
+        if rule.maximum is not None and value > rule.maximum:
             raise ValueError
     except ValueError:
         shown = "***" if rule.secret or rule.password else toml_value(raw)

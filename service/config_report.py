@@ -18,7 +18,8 @@ def render(config: Config, sources: dict[str, str]) -> str:
     lines = [HEADER]
     for field in dataclasses.fields(Config):
         name = field.name
-        lines += textwrap.wrap(field.metadata["description"], 100, initial_indent="# ", subsequent_indent="# ")
+        lines += textwrap.wrap(field.metadata["description"], 100,
+                               initial_indent="# ", subsequent_indent="# ")
         lines.append(f"# default: {shown(name, field.default)}; allowed: {allowed(name)}")
         if name in sources:
             lines.append(f"# set by: {sources[name]}")
