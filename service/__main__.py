@@ -1,10 +1,14 @@
-"""Command line: serve, migrate, config, token, prune, psql, watch, demo-worker. Only this module starts anything."""
+"""Command line: serve, migrate, config, token, prune, psql, watch, demo-worker.
+
+Only this module starts anything."""
 
 import argparse
 import asyncio
 import dataclasses
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import structlog
 
@@ -26,12 +30,14 @@ def with_development_defaults(config: Config) -> Config:
         return config
     from .dev.embedded_db import development_secret, start_embedded_postgres
 
-    try:
-        server = start_embedded_postgres(config.data_dir)
-    except OSError as exc:  # e.g. an installed service started without DATABASE_URL, in a read-only place
-        raise ConfigError(f"database_url is empty, so an embedded development database would run in data_dir "
-                          f"= {config.data_dir!r}, which cannot be used ({exc.strerror or exc}); "
-                          "set DATABASE_URL") from None
+    # An installed service started without DATABASE_URL (under systemd: in a read-only /) is
+    # told what to set, rather than failing somewhere inside initdb.
+    data_dir = Path(config.data_dir).resolve()
+    nearest = next(path for path in (data_dir, *data_dir.parents) if path.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"database_url is empty, so an embedded development database would run in "
+                          f"data_dir = {str(data_dir)!r}, which cannot be written; set DATABASE_URL")
+    server = start_embedded_postgres(data_dir)
     return dataclasses.replace(
         config,
         database_url=server.get_uri(),
