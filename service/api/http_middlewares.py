@@ -12,7 +12,8 @@ import psycopg2
 import structlog
 from aiohttp import hdrs, web
 
-from .errors import ApiError
+from ..db.outages import is_database_outage
+from .errors import ApiError, DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -92,10 +93,7 @@ async def json_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as exc:
-        response = error_body(exc.status, exc.code, exc.message, exc.details)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return api_error_body(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -104,6 +102,21 @@ async def json_errors(request: web.Request, handler):
         # A value PostgreSQL refuses (e.g. out of range) that validation let through.
         log.warning("http.data_error", pgcode=exc.pgcode)
         return error_body(422, "validation_failed", "a value was refused by the database")
-    except Exception:
+    except Exception as exc:
+        if is_database_outage(exc):
+            # Expected while the database restarts or fails over (/readyz says so too): a
+            # warning with the reason, no traceback.
+            log.warning("http.database_unavailable", error=type(exc).__name__,
+                        pgcode=getattr(exc, "pgcode", None), detail=str(exc).strip().split("\n")[0][:200])
+            return api_error_body(DatabaseUnavailable())
         log.exception("http.unhandled")
         return error_body(500, "internal_error", "internal error")
+
+
+def api_error_body(exc: ApiError) -> web.Response:
+    response = error_body(exc.status, exc.code, exc.message, exc.details)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, DatabaseUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
