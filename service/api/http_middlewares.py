@@ -13,6 +13,7 @@ import structlog
 from aiohttp import hdrs, web
 
 from ..db.outages import is_database_outage
+from ..typedefs import shutdown_key
 from .errors import ApiError, DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
@@ -69,6 +70,9 @@ async def request_context(request: web.Request, handler):
     request_id = bind_request_id(request)
     started = time.perf_counter()
     status = 500
+    # A shutdown lets the requests in flight finish first (within its deadline).
+    in_flight = request.app[shutdown_key].requests
+    in_flight[id(request)] = request
     try:
         response = await handler(request)
         status = response.status
@@ -82,6 +86,7 @@ async def request_context(request: web.Request, handler):
         status = 499  # the handler was cancelled (client gone, or server shutting down)
         raise
     finally:
+        del in_flight[id(request)]
         # The path only: a query string can carry an access_token.
         log.info("http.request", method=request.method, path=request.path, status=status,
                  ms=round((time.perf_counter() - started) * 1000, 2))
