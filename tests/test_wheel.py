@@ -89,6 +89,17 @@ def test_the_wheel_holds_every_migration_and_the_static_files(wheel):
     assert not [name for name in names if name.split("/")[0] in ("tests", "bench", "migrations", "config")]
 
 
+def test_installed_configuration_needs_no_checkout_and_no_file(installed, tmp_path):
+    printed = subprocess.run([str(installed / "aiagent-live"), "config"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, env=only(PORT="9100", JWT_SECRET="s3cret"))
+    assert printed.returncode == 0, printed.stderr
+    assert "# set by: environment variable PORT\nport = 9100" in printed.stdout
+    assert "aiagent-live.toml" not in printed.stdout.split("\n\n", 1)[1], "no file was read"
+    refused = subprocess.run([str(installed / "aiagent-live"), "serve"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, env=only(DATABASE_URL="postgresql:///x", LOG_LEVEL="loud"))
+    assert refused.returncode == 2 and refused.stderr.startswith("configuration error: log_level = \"loud\"")
+
+
 @pytest.fixture
 async def empty_database(database_url, sql):
     name = f"wheel_{uuid.uuid4().hex[:8]}"
