@@ -63,6 +63,7 @@ def serve(config: Config) -> None:
 
     from .app import create_app
     from .server import serve_until_signalled
+    from .typedefs import shutdown_key
 
     app = create_app(config)
     token = issue_token(config.jwt_secret, "developer", "admin", DEV_TOKEN_TTL) if development else None
@@ -71,6 +72,7 @@ def serve(config: Config) -> None:
 
         app[dev_token_key] = token  # the dashboard prefills it, for a browser on this machine only
     uvloop.run(serve_until_signalled(app, config, on_ready=lambda: announce(config, token)))
+    app[shutdown_key].exited_in_time()
 
 
 def announce(config: Config, token: str | None) -> None:

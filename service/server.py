@@ -71,7 +71,9 @@ async def shut_down(app: web.Application, runner: web.AppRunner, site: web.TCPSi
             request.task.cancel()
     # Then every connection is closed: idle ones at once; a socket's handler still running is
     # waited for twice (to finish, then once cancelled), each a fifth of what is left.
-    if not await shutdown.bound("connections", server.shutdown(shutdown.remaining() / 5), share=0.5,
+    # (aiohttp reads a timeout of 0 as none at all.)
+    each_wait = max(shutdown.remaining() / 5, 0.001)
+    if not await shutdown.bound("connections", server.shutdown(each_wait), share=0.5,
                                 stuck=lambda: {"connections": len(server.connections)}):
         for connection in server.connections:
             connection.force_close()

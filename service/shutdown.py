@@ -28,6 +28,7 @@ class Shutdown:
         self._deadline: float | None = None
         self.step = "serving"
         self.tasks_left: list[str] = []  # named by the last step, for a line if they hold up the exit
+        self._exit_timer: threading.Timer | None = None
         # By id(): a request is a mapping, so unhashable. Kept by http_middlewares.request_context.
         self.requests: dict[int, web.Request] = {}
 
@@ -78,9 +79,15 @@ class Shutdown:
                       tasks=self.tasks_left, action="exiting now")
             os._exit(1)
 
-        timer = threading.Timer(self.remaining() + EXIT_GRACE_SECONDS, end)
-        timer.daemon = True
-        timer.start()
+        self._exit_timer = threading.Timer(self.remaining() + EXIT_GRACE_SECONDS, end)
+        self._exit_timer.daemon = True
+        self._exit_timer.start()
+
+    def exited_in_time(self) -> None:
+        """The event loop is closed: what runs at interpreter exit (the embedded database's stop,
+        in development) is not cut."""
+        if self._exit_timer is not None:
+            self._exit_timer.cancel()
 
 
 def route(request: web.Request) -> str:
