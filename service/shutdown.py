@@ -49,7 +49,11 @@ class Shutdown:
         try:
             task = asyncio.ensure_future(awaitable)
             seconds = self.remaining() * share
-            done, _ = await asyncio.wait([task], timeout=seconds)
+            try:
+                done, _ = await asyncio.wait([task], timeout=seconds)
+            except asyncio.CancelledError:  # the step this one is within was cut
+                task.cancel()
+                raise
             if not done:
                 # A step within this one may be what hangs: it is named too.
                 within = {"within": self.step} if self.step != step else {}

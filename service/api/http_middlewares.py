@@ -1,4 +1,5 @@
-"""Request id and access log for every request, and the one JSON shape for every error.
+"""Request id, access log and the count of requests in flight (which a shutdown lets finish) for
+every request, and the one JSON shape for every error.
 
 WebSocket routes skip the middlewares (`not_for_sockets`); socket_handshake.py does their edge
 work once, at the handshake.
