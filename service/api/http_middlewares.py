@@ -1,5 +1,5 @@
-"""Request id, access log and the count of requests in flight (which a shutdown lets finish) for
-every request, and the one JSON shape for every error.
+"""Request id and access log for every request, which is also kept among the requests in flight
+(a shutdown lets them finish first), and the one JSON shape for every error.
 
 WebSocket routes skip the middlewares (`not_for_sockets`); socket_handshake.py does their edge
 work once, at the handshake.
