@@ -33,7 +33,7 @@ psql: $(VENV)/.installed
 	$(BIN)/python -m service psql
 
 clean:
-	rm -rf $(VENV) var *.egg-info
+	rm -rf $(VENV) var *.egg-info build dist
 
 # make bench: the service against the polling design and a broadcaster baseline, in one run
 # (about 13 minutes; writes bench/results/latest.{json,md,png}). make bench-quick: under 2 minutes.

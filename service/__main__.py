@@ -1,15 +1,19 @@
-"""Command line: serve, migrate, token, psql, watch, demo-worker. Only this module starts anything."""
+"""Command line: serve, migrate, config, token, prune, psql, watch, demo-worker.
+
+Only this module starts anything."""
 
 import argparse
 import asyncio
 import dataclasses
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import structlog
 
 from .auth import ROLES, issue_token
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, load_config_and_sources
 from .db.migrations import apply_migrations
 from .logging_config import configure_logging
 
@@ -26,7 +30,14 @@ def with_development_defaults(config: Config) -> Config:
         return config
     from .dev.embedded_db import development_secret, start_embedded_postgres
 
-    server = start_embedded_postgres(config.data_dir)
+    # An installed service started without DATABASE_URL (under systemd: in a read-only /) is
+    # told what to set, rather than failing somewhere inside initdb.
+    data_dir = Path(config.data_dir).resolve()
+    nearest = next(path for path in (data_dir, *data_dir.parents) if path.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"database_url is empty, so an embedded development database would run in "
+                          f"data_dir = {str(data_dir)!r}, which cannot be written; set DATABASE_URL")
+    server = start_embedded_postgres(data_dir)
     return dataclasses.replace(
         config,
         database_url=server.get_uri(),
@@ -52,6 +63,7 @@ def serve(config: Config) -> None:
 
     from .app import create_app
     from .server import serve_until_signalled
+    from .typedefs import shutdown_key
 
     app = create_app(config)
     token = issue_token(config.jwt_secret, "developer", "admin", DEV_TOKEN_TTL) if development else None
@@ -60,6 +72,7 @@ def serve(config: Config) -> None:
 
         app[dev_token_key] = token  # the dashboard prefills it, for a browser on this machine only
     uvloop.run(serve_until_signalled(app, config, on_ready=lambda: announce(config, token)))
+    app[shutdown_key].exited_in_time()
 
 
 def announce(config: Config, token: str | None) -> None:
@@ -134,10 +147,13 @@ async def watch(config: Config, execution_id: str, since: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    parser.add_argument("--config", help="configuration file (default: AIAGENT_CONFIG or config/aiagent-live.toml)")
+    parser.add_argument("--config", help="TOML file of overrides (default: AIAGENT_CONFIG, else a checkout's "
+                                         "config/aiagent-live.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the server (embedded PostgreSQL when DATABASE_URL is unset)")
     commands.add_parser("migrate", help="apply pending migrations and exit")
+    commands.add_parser("config", help="print the effective configuration: every key with its description, "
+                                       "default and allowed values (secrets masked)")
     token = commands.add_parser("token", help="print a signed bearer token")
     token.add_argument("--sub", required=True)
     token.add_argument("--role", required=True, choices=ROLES)
@@ -161,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     try:
+        if args.command == "config":
+            from .config_report import render
+
+            print(render(*load_config_and_sources(args.config)), end="")
+            return 0
         config = load_config(args.config)
         configure_logging(config.log_level, config.log_format)
         if args.command == "serve":

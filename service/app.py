@@ -5,8 +5,7 @@ import contextlib
 
 import aiopg
 import structlog
-from aiohttp import web
-from aiohttp.http_websocket import WSCloseCode
+from aiohttp import WSCloseCode, web
 
 from .api.cors import cors
 from .api.http_middlewares import json_errors, not_for_sockets, request_context
@@ -19,6 +18,7 @@ from .push.pg_listener import PgListener
 from .push.socket_limits import SocketsPerSubject
 from .push.subscription_hub import SubscriptionHub
 from .routes import setup_routes
+from .shutdown import Shutdown
 from .typedefs import (
     config_key,
     db_pool_key,
@@ -27,6 +27,7 @@ from .typedefs import (
     listener_key,
     listener_task_key,
     metrics_key,
+    shutdown_key,
     socket_counts_key,
     token_expiries_key,
 )
@@ -43,6 +44,7 @@ def create_app(config: Config) -> web.Application:
     middlewares = [not_for_sockets(m) for m in (http_metrics, request_context, cors, json_errors)]
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[config_key] = config
+    app[shutdown_key] = Shutdown(config.shutdown_timeout_seconds)
     setup_metrics(app)
     app[socket_counts_key] = SocketsPerSubject(config.ws_max_sockets_per_subject)
     app[heartbeat_key] = Heartbeat(config.ws_heartbeat_seconds)
@@ -63,10 +65,8 @@ async def db_pool_ctx(app: web.Application):
     yield
     # Bounded: a connection still held by a cancelled request must not hold up the exit.
     pool.close()
-    try:
-        await asyncio.wait_for(pool.wait_closed(), timeout=5)
-    except asyncio.TimeoutError:
-        log.warning("db_pool.close_timed_out", in_use=pool.size - pool.freesize)
+    if not await app[shutdown_key].bound("db_pool", pool.wait_closed(),
+                                         stuck=lambda: {"in_use": pool.size - pool.freesize}):
         pool.terminate()
 
 
@@ -77,7 +77,7 @@ async def hub_ctx(app: web.Application):
         log_tail=config.ws_log_tail, metrics=app[metrics_key])
     app[hub_key] = hub
     yield
-    await hub.close()
+    await app[shutdown_key].bound("hub", hub.close())
 
 
 async def close_sockets(app: web.Application) -> None:
@@ -98,7 +98,7 @@ async def listener_ctx(app: web.Application):
         coalesce_seconds=config.listener_coalesce_seconds,
     )
     app[listener_key] = listener
-    async with background(listener.run()) as task:
+    async with background(listener.run(), app[shutdown_key]) as task:
         app[listener_task_key] = task
         # Start serving with push already live when the database is there; if it is not,
         # start anyway: /readyz says 503 until the listener connects.
@@ -108,12 +108,13 @@ async def listener_ctx(app: web.Application):
 
 
 async def reconcile_ctx(app: web.Application):
-    async with background(reconcile_forever(app[hub_key], app[config_key].reconcile_interval_seconds)):
+    async with background(reconcile_forever(app[hub_key], app[config_key].reconcile_interval_seconds),
+                          app[shutdown_key]):
         yield
 
 
 async def heartbeat_ctx(app: web.Application):
-    async with background(app[heartbeat_key].run()):
+    async with background(app[heartbeat_key].run(), app[shutdown_key]):
         yield
 
 
@@ -129,12 +130,18 @@ async def reconcile_forever(hub: SubscriptionHub, interval: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def background(coro):
-    """Run a task for the life of the block; cancel it afterwards and wait (boundedly) for it."""
+async def background(coro, shutdown: Shutdown):
+    """Run a task for the life of the block; cancel it afterwards and wait for it, within what is
+    left of the shutdown's deadline."""
     task = asyncio.create_task(coro)
     try:
         yield task
     finally:
         # Bounded: a database call that does not return on cancellation must not hold up the exit.
-        if await cancel_and_wait([task], timeout=5):
-            log.warning("background.stop_timed_out", task=task.get_coro().__qualname__)
+        name = task.get_coro().__qualname__
+        outer, shutdown.step = shutdown.step, name
+        try:
+            if await cancel_and_wait([task], timeout=shutdown.remaining()):
+                log.warning("shutdown.stuck", step=name)
+        finally:
+            shutdown.step = outer

@@ -1,17 +1,17 @@
-"""Running the app until SIGTERM or SIGINT, then shutting down in an order clients can rely on."""
+"""Running the app until SIGTERM or SIGINT, then shutting down in an order clients can rely on,
+within one deadline (config.shutdown_timeout_seconds) whatever is stuck."""
 
 import asyncio
 import signal
 from collections.abc import Callable
 
 import structlog
-from aiohttp import web
-from aiohttp.http_websocket import WSCloseCode
+from aiohttp import WSCloseCode, web
 
 from .app import background
 from .config import Config
 from .systemd_notify import SystemdNotifier
-from .typedefs import hub_key, listener_key, listener_task_key
+from .typedefs import hub_key, listener_key, listener_task_key, shutdown_key
 
 log = structlog.get_logger(__name__)
 
@@ -19,8 +19,7 @@ log = structlog.get_logger(__name__)
 async def serve_until_signalled(app: web.Application, config: Config, on_ready: Callable[[], None]) -> None:
     """Serve; on SIGTERM/SIGINT stop accepting, close every socket with 1001, finish in-flight
     requests, then close the listener and the pool, all within config.shutdown_timeout_seconds."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.shutdown_timeout_seconds)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=config.listen_backlog)
     stop = asyncio.Event()
@@ -35,21 +34,51 @@ async def serve_until_signalled(app: web.Application, config: Config, on_ready: 
     if await until_listener_connected(app, stop, notifier):
         on_ready()
         notifier.ready(f"serving on {config.host}:{config.port}")
-        async with background(watchdog_forever(app, notifier)):
+        async with background(watchdog_forever(app, notifier), app[shutdown_key]):
             await stop.wait()
 
     notifier.stopping()
     log.info("server.stopping")
-    deadline = loop.time() + config.shutdown_timeout_seconds
+    shutdown = app[shutdown_key]
+    shutdown.start()
+    shutdown.exit_at_the_latest()
+    await shut_down(app, runner, site)
+    notifier.close()
+    # What is left is cancelled once more by asyncio.run, which waits for it: named here, in
+    # case it ignores that too and the exit has to be forced.
+    shutdown.step = "exit"
+    shutdown.tasks_left = sorted(task.get_coro().__qualname__ for task in asyncio.all_tasks()
+                                 if task is not asyncio.current_task())
+    log.info("server.stopped")
+
+
+async def shut_down(app: web.Application, runner: web.AppRunner, site: web.TCPSite) -> None:
+    """aiohttp's AppRunner.cleanup, step by step, each step within what is left of one deadline
+    (there, aiohttp's per-connection waits and each cleanup step's own bounds add up)."""
+    shutdown, hub, server = app[shutdown_key], app[hub_key], runner.server
     await site.stop()
     # Sockets are closed while the server still reads, so each closing handshake completes
-    # (aiohttp ignores what arrives once its own shutdown has begun).
-    hub = app[hub_key]
+    # (aiohttp ignores what arrives once its own shutdown has begun). Half the time at most.
     hub.close_all(WSCloseCode.GOING_AWAY, "server going away")
-    await hub.wait_until_empty(timeout=max(0.0, deadline - loop.time()) / 2)
-    await runner.cleanup()
-    notifier.close()
-    log.info("server.stopped")
+    await shutdown.bound("sockets", hub.wait_until_empty(timeout=shutdown.remaining()), share=0.5,
+                         stuck=lambda: {"subscriptions": hub.subscription_count})
+    await shutdown.bound("on_shutdown", app.shutdown())
+    # Requests in flight may finish in half of what is left; those that do not are cancelled
+    # (aiohttp would cancel them only after waiting twice more, and leave them running when cut).
+    if not await shutdown.bound("http_requests", shutdown.requests_finished(), share=0.5,
+                                stuck=shutdown.requests_in_flight):
+        for request in shutdown.requests.values():
+            request.task.cancel()
+    # Then every connection is closed: idle ones at once; a socket's handler still running is
+    # waited for twice (to finish, then once cancelled), each a fifth of what is left.
+    # (aiohttp reads a timeout of 0 as none at all.)
+    each_wait = max(shutdown.remaining() / 5, 0.001)
+    if not await shutdown.bound("connections", server.shutdown(each_wait), share=0.5,
+                                stuck=lambda: {"connections": len(server.connections)}):
+        for connection in server.connections:
+            connection.force_close()
+    # The cleanup contexts, in reverse order; each of their steps is bounded by the deadline too.
+    await shutdown.bound("cleanup", app.cleanup())
 
 
 async def until_listener_connected(app: web.Application, stop: asyncio.Event, notifier: SystemdNotifier) -> bool:

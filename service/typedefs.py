@@ -12,6 +12,7 @@ from .push.heartbeat import Heartbeat
 from .push.pg_listener import PgListener
 from .push.socket_limits import SocketsPerSubject
 from .push.subscription_hub import SubscriptionHub
+from .shutdown import Shutdown
 
 if TYPE_CHECKING:  # metrics.py imports this module
     from .metrics import Metrics
@@ -27,3 +28,5 @@ socket_counts_key = web.AppKey("socket_counts", SocketsPerSubject)
 heartbeat_key = web.AppKey("heartbeat", Heartbeat)
 # When each socket's token expires, on one timer for all of them.
 token_expiries_key = web.AppKey("token_expiries", ExpiryTimer)
+# The shutdown's one deadline, shared by every step, and the HTTP requests in flight.
+shutdown_key = web.AppKey("shutdown", Shutdown)

@@ -93,7 +93,8 @@ def test_allowed_origins_from_the_file_and_from_the_environment(tmp_path):
     assert load_config(path, environ={}).allowed_origins == ("https://a.example", "https://b.example")
     environ = {"ALLOWED_ORIGINS": "https://c.example, https://d.example"}
     assert load_config(path, environ=environ).allowed_origins == ("https://c.example", "https://d.example")
-    assert load_config(tmp_path / "none.toml", environ={}).allowed_origins == ()
+    (tmp_path / "empty.toml").write_text("")
+    assert load_config(tmp_path / "empty.toml", environ={}).allowed_origins == ()
     path.write_text("allowed_origins = [1]\n")
     with pytest.raises(ConfigError):
         load_config(path, environ={})

@@ -1,18 +1,24 @@
 """The real thing: `python -m service` processes, driven by an independent WebSocket library."""
 
 import asyncio
+import base64
 import json
 import os
 import shutil
 import signal
+import socket
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 import websockets
+from aiohttp import WSMsgType
 
-from .actors import JWT_SECRET, token_for
+from .actors import JWT_SECRET, auth, token_for
 from .servers import start_server
 
 
@@ -135,3 +141,151 @@ async def test_psql_command_runs_sql_against_the_configured_database(database_ur
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()[-500:]
     assert out.decode().strip() == "t"
+
+
+# -- shutdown within its bound, whatever is stuck --------------------------------------------
+
+SHUTDOWN_BOUND = 3.0
+# The interpreter's own exit after the bound: the margin a SIGTERM may take past it.
+EXIT_MARGIN = 1.5
+
+
+class SilentSocketClient:
+    """A WebSocket client that completes the handshake, then never reads and never answers."""
+
+    def __init__(self, port: int, path: str):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def close(self):
+        self.sock.close()
+
+
+def shutdown_events(log_path) -> list[dict]:
+    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    return [e for e in events if e["event"].startswith(("shutdown.", "server."))]
+
+
+async def sigterm_and_time_the_exit(process) -> float:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), SHUTDOWN_BOUND + 15)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+    return time.monotonic() - started
+
+
+async def test_sigterm_exits_within_the_bound_despite_a_request_stuck_on_a_lock_and_a_silent_socket(
+        database_url, sql, tmp_path):
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        process, port = await start_server(database_url, log_file,
+                                           SHUTDOWN_TIMEOUT_SECONDS=str(SHUTDOWN_BOUND))
+    token = token_for("stuck-user", "admin")
+    base = f"http://127.0.0.1:{port}"
+    silent = None
+    try:
+        async with aiohttp.ClientSession(headers=auth(token)) as session:
+            async with session.post(f"{base}/api/v1/workflows", json={"name": "wf", "nodes": []}) as response:
+                workflow = await response.json()
+            async with session.post(f"{base}/api/v1/executions",
+                                    json={"workflow_id": workflow["id"]}) as response:
+                execution = await response.json()
+            silent = await asyncio.to_thread(
+                SilentSocketClient, port, f"/api/v1/ws/executions/{execution['id']}?access_token={token}")
+            # A worker's open transaction holds the row: the request's UPDATE waits in the database.
+            await sql.execute("BEGIN")
+            await sql.execute("SELECT 1 FROM executions WHERE id = %s FOR UPDATE", (execution["id"],))
+            stuck = asyncio.create_task(session.patch(f"{base}/api/v1/executions/{execution['id']}",
+                                                      json={"status": "running"}))
+            await asyncio.sleep(0.5)
+            assert not stuck.done()
+            took = await sigterm_and_time_the_exit(process)
+            stuck.cancel()
+    finally:
+        await sql.execute("ROLLBACK")
+        if silent is not None:
+            silent.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    events = shutdown_events(log_path)
+    assert took < SHUTDOWN_BOUND + EXIT_MARGIN, (took, events)
+    assert process.returncode == 0, events
+    stuck_steps = {e["step"] for e in events if e["event"] == "shutdown.stuck"}
+    assert {"sockets", "http_requests"} <= stuck_steps, events
+    assert all(e["level"] == "warning" for e in events if e["event"] == "shutdown.stuck")
+    assert events[-1]["event"] == "server.stopped"
+
+
+@pytest.fixture
+def stoppable_postgres(tmp_path_factory):
+    """A PostgreSQL of this test's own, whose processes the test may freeze (SIGSTOP)."""
+    from service.db.migrations import apply_migrations
+    from service.dev.embedded_db import start_embedded_postgres
+
+    server = start_embedded_postgres(tmp_path_factory.mktemp("stoppable-postgres"), throwaway=True)
+    asyncio.run(apply_migrations(server.get_uri()))
+    postmaster = psutil.Process(int((Path(server.pgdata) / "postmaster.pid").read_text().split()[0]))
+    frozen: list[psutil.Process] = []
+
+    def freeze():
+        for process in [postmaster, *postmaster.children(recursive=True)]:
+            process.send_signal(signal.SIGSTOP)
+            frozen.append(process)
+
+    yield server.get_uri(), freeze
+    for process in frozen:
+        try:
+            process.send_signal(signal.SIGCONT)
+        except psutil.NoSuchProcess:
+            pass
+    server.cleanup()
+
+
+async def test_sigterm_exits_within_the_bound_while_the_database_is_frozen(stoppable_postgres, tmp_path):
+    url, freeze = stoppable_postgres
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        process, port = await start_server(url, log_file, SHUTDOWN_TIMEOUT_SECONDS=str(SHUTDOWN_BOUND))
+    token = token_for("frozen-user", "admin")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(headers=auth(token)) as session:
+            async with session.post(f"{base}/api/v1/workflows", json={"name": "wf", "nodes": []}) as response:
+                workflow = await response.json()
+            async with session.post(f"{base}/api/v1/executions",
+                                    json={"workflow_id": workflow["id"]}) as response:
+                execution = await response.json()
+            async with session.ws_connect(f"{base}/api/v1/ws/executions/{execution['id']}") as ws:
+                await ws.receive(timeout=5)
+                freeze()
+                # Requests that wait on the frozen database: a read and a write.
+                stuck = [asyncio.create_task(session.get(f"{base}/api/v1/executions/{execution['id']}")),
+                         asyncio.create_task(session.post(f"{base}/api/v1/executions",
+                                                          json={"workflow_id": workflow["id"]}))]
+                await asyncio.sleep(0.5)
+                assert not any(task.done() for task in stuck)
+                closing = asyncio.create_task(ws.receive(timeout=SHUTDOWN_BOUND + 15))  # answers the close
+                took = await sigterm_and_time_the_exit(process)
+                for task in stuck:
+                    task.cancel()
+                assert (await closing).type == WSMsgType.CLOSE and ws.close_code == 1001
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    events = shutdown_events(log_path)
+    assert took < SHUTDOWN_BOUND + EXIT_MARGIN, (took, events)
+    stuck_lines = [e for e in events if e["event"] == "shutdown.stuck"]
+    assert any(e["step"] == "http_requests" and len(e["requests"]) == 2 for e in stuck_lines), events
+    assert events[-1]["event"] == "server.stopped" and process.returncode == 0, events

@@ -303,3 +303,70 @@ async def test_reconnect_storm_every_client_resumes_with_since(database_url, sql
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+# -- requests during an outage ---------------------------------------------------------------
+
+def log_events(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+async def test_during_an_outage_rest_answers_503_with_retry_after_and_new_sockets_close_1013(
+        restartable_postgres, tmp_path):
+    postgres = restartable_postgres
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        process, port = await start_server(postgres.url, log_file)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(headers=auth(token_for("outage-user"))) as session:
+            async with session.post(f"{base}/api/v1/workflows", json={"name": "wf", "nodes": []}) as response:
+                workflow = await response.json()
+            async with session.post(f"{base}/api/v1/executions",
+                                    json={"workflow_id": workflow["id"]}) as response:
+                execution = await response.json()
+
+            await asyncio.to_thread(postgres.stop)
+            try:
+                for method, path, body in [("GET", f"/api/v1/executions/{execution['id']}", None),
+                                           ("GET", "/api/v1/executions", None),
+                                           ("POST", "/api/v1/executions", {"workflow_id": workflow["id"]})]:
+                    async with session.request(method, base + path, json=body) as response:
+                        assert response.status == 503, (path, await response.text())
+                        assert int(response.headers["Retry-After"]) > 0
+                        error = (await response.json())["error"]
+                        assert error["code"] == "database_unavailable" and set(error) == {
+                            "code", "message", "details"}
+                async with session.ws_connect(f"{base}/api/v1/ws/executions/{execution['id']}") as ws:
+                    msg = await ws.receive(timeout=10)
+                    assert msg.type == WSMsgType.CLOSE and ws.close_code == 1013, msg
+                async with session.get(f"{base}/metrics") as response:
+                    assert 'status="503"' in await response.text()
+            finally:
+                await asyncio.to_thread(postgres.start)
+
+            # Back: the next requests are served (the pool drops the connections the restart broke).
+            for _ in range(100):
+                async with session.get(f"{base}/api/v1/executions/{execution['id']}") as response:
+                    if response.status == 200:
+                        break
+                    assert response.status == 503
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("REST did not recover after the database came back")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    events = log_events(log_path)
+    unavailable = [e for e in events if e["event"] == "http.database_unavailable"]
+    assert len(unavailable) >= 3
+    assert all(e["level"] == "warning" and "exception" not in e for e in unavailable)
+    sockets = [e for e in events if e["event"] == "ws.database_unavailable"]
+    assert len(sockets) == 1 and sockets[0]["level"] == "warning" and "exception" not in sockets[0]
+    assert not [e for e in events if e["event"] in ("http.unhandled", "ws.failed")], "an outage is no bug"

@@ -40,3 +40,13 @@ class ValidationFailed(ApiError):
 
     def __init__(self, field_errors: dict):
         super().__init__("request failed validation", {"fields": field_errors})
+
+
+class DatabaseUnavailable(ApiError):
+    """The database cannot be reached now: the client may retry after `retry_after` seconds."""
+    status, code = 503, "database_unavailable"
+    # About what the listener's reconnect backoff takes at most (listener_backoff_max_seconds).
+    retry_after = 5
+
+    def __init__(self):
+        super().__init__("the database is unavailable; retry later")

@@ -1,4 +1,5 @@
-"""Request id and access log for every request, and the one JSON shape for every error.
+"""Request id and access log for every request, which is also kept among the requests in flight
+(a shutdown lets them finish first), and the one JSON shape for every error.
 
 WebSocket routes skip the middlewares (`not_for_sockets`); socket_handshake.py does their edge
 work once, at the handshake.
@@ -12,7 +13,9 @@ import psycopg2
 import structlog
 from aiohttp import hdrs, web
 
-from .errors import ApiError
+from ..db.outages import is_database_outage
+from ..typedefs import shutdown_key
+from .errors import ApiError, DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +71,9 @@ async def request_context(request: web.Request, handler):
     request_id = bind_request_id(request)
     started = time.perf_counter()
     status = 500
+    # A shutdown lets the requests in flight finish first (within its deadline).
+    in_flight = request.app[shutdown_key].requests
+    in_flight[id(request)] = request
     try:
         response = await handler(request)
         status = response.status
@@ -81,6 +87,7 @@ async def request_context(request: web.Request, handler):
         status = 499  # the handler was cancelled (client gone, or server shutting down)
         raise
     finally:
+        del in_flight[id(request)]
         # The path only: a query string can carry an access_token.
         log.info("http.request", method=request.method, path=request.path, status=status,
                  ms=round((time.perf_counter() - started) * 1000, 2))
@@ -92,10 +99,7 @@ async def json_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as exc:
-        response = error_body(exc.status, exc.code, exc.message, exc.details)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return api_error_body(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -104,6 +108,21 @@ async def json_errors(request: web.Request, handler):
         # A value PostgreSQL refuses (e.g. out of range) that validation let through.
         log.warning("http.data_error", pgcode=exc.pgcode)
         return error_body(422, "validation_failed", "a value was refused by the database")
-    except Exception:
+    except Exception as exc:
+        if is_database_outage(exc):
+            # Expected while the database restarts or fails over (/readyz says so too): a
+            # warning with the reason, no traceback.
+            log.warning("http.database_unavailable", error=type(exc).__name__,
+                        pgcode=getattr(exc, "pgcode", None), detail=str(exc).strip().split("\n")[0][:200])
+            return api_error_body(DatabaseUnavailable())
         log.exception("http.unhandled")
         return error_body(500, "internal_error", "internal error")
+
+
+def api_error_body(exc: ApiError) -> web.Response:
+    response = error_body(exc.status, exc.code, exc.message, exc.details)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, DatabaseUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response

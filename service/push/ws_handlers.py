@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 from ..api.schemas import STATUSES
 from ..auth import InvalidToken, Principal, verify_token
 from ..config import Config
+from ..db.outages import is_database_outage
 from ..typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_counts_key, token_expiries_key
 from . import messages, socket_handshake
 from .expiry_timer import ExpiryTimer
@@ -28,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 CLOSE_FINISHED = 1000
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013  # the database is unavailable: reconnect and resume
 CLOSE_NOT_FOUND = 4404
 NOT_FOUND = "no such execution"
 # What ends a socket's read loop: a close frame from the peer, or the connection gone.
@@ -268,11 +270,15 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
                 # frame (its own, or its answer to ours) or the connection's end ends this loop.
                 while (msg := await ws.receive()).type not in READ_ENDS:
                     await session.answer(msg)
-        except Exception:
-            # Ours, not the client's (the path execution's first read failed): 1011, so it
-            # reconnects and resumes, rather than a connection dropped without a word.
-            log.exception("ws.failed")
-            session.outbox.close(CLOSE_INTERNAL_ERROR, "internal error", drain=False)
+        except Exception as exc:
+            # Ours, not the client's (the path execution's first read failed): a close code, so
+            # it reconnects and resumes, rather than a connection dropped without a word.
+            if is_database_outage(exc):
+                log.warning("ws.database_unavailable", error=type(exc).__name__)
+                session.outbox.close(CLOSE_TRY_AGAIN_LATER, "database unavailable", drain=False)
+            else:
+                log.exception("ws.failed")
+                session.outbox.close(CLOSE_INTERNAL_ERROR, "internal error", drain=False)
         finally:
             await session.finish()
     finally:
