@@ -83,18 +83,19 @@ def markdown(report: dict) -> str:
     lines = [
         f"# aiagent-live bench ({m['mode']} run, {m['date']})", "",
         f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, {m['postgres']}, "
-        f"service at {m['git_commit']}{' (uncommitted changes)' if m['service_tree_dirty'] else ''}; "
-        f"run took {m['duration_s']} s. Clients and writers run on the same machine.", "",
-        "| scenario | figure | " + " | ".join(COLUMNS) + " |",
-        "| --- | --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
+        f"service at {m['git_commit']}{' (uncommitted changes)' if m['service_tree_dirty'] else ''}"
+        f"{_other_tree(m)}; run took {m['duration_s']} s. Clients and writers run on the same machine.", "",
     ]
+    rows = []
     for scenario, label, key in ROWS:
         if scenario not in report:
             continue
         designs = report[scenario]["designs"]
         cells = [_cell(designs[d], key) if d in designs else "n/a" for d in COLUMNS]
-        lines.append(f"| {scenario} | {label} | " + " | ".join(cells) + " |")
-    lines.append("")
+        rows.append(f"| {scenario} | {label} | " + " | ".join(cells) + " |")
+    if rows:  # none when only S6 ran
+        lines += ["| scenario | figure | " + " | ".join(COLUMNS) + " |",
+                  "| --- | --- | " + " | ".join("---:" for _ in COLUMNS) + " |", *rows, ""]
     lines += s6_table(report)
     ratio_lines = []
     for scenario in ("S1", "S2", "S3", "S4", "S5"):
@@ -105,6 +106,14 @@ def markdown(report: dict) -> str:
         lines += ["Ratios, baseline / service (above 1: the service is better; for S3's delivered_per_s and "
                   "delivered_fraction_of_ceiling, below 1 is better):", "", *ratio_lines, ""]
     return "\n".join(lines)
+
+
+def _other_tree(machine: dict) -> str:
+    """Where the measured service came from, when not from the bench's own checkout (--service-tree)."""
+    tree = machine.get("service_tree")
+    if tree is None or Path(tree) == Path(__file__).resolve().parent.parent:
+        return ""
+    return f" from {tree} (bench at {machine.get('bench_commit')})"
 
 
 def s6_table(report: dict) -> list[str]:
