@@ -50,8 +50,10 @@ S6_COLUMNS = [
     ("max (ms)", "max_ms"),
     ("target p99 (ms)", "target_p99_ms"),
     ("met", "target_met"),
+    ("coalesced (a newer status sent instead)", "coalesced"),
     ("lost / reordered / not the owner's", ("lost", "reordered", "violations")),
     ("server CPU (% of a core)", "server_cpu_percent"),
+    ("other tenants' CPU (% of a core)", "others_cpu_percent"),
     ("statements per change", "statements_per_change"),
 ]
 
@@ -134,7 +136,8 @@ def s6_table(report: dict) -> list[str]:
     lines += ["| " + " | ".join(label for label, _ in S6_COLUMNS) + " |",
               "| " + " | ".join("---:" for _ in S6_COLUMNS) + " |"]
     for step in ours["steps"]:
-        figures = {**step, "server_cpu_percent": step.get("cpu_percent", {}).get("server")}
+        cpu = step.get("cpu_percent", {})
+        figures = {**step, "server_cpu_percent": cpu.get("server"), "others_cpu_percent": cpu.get("others")}
         lines.append("| " + " | ".join(_cell(figures, key) for _, key in S6_COLUMNS) + " |")
     return lines + [""]
 
