@@ -36,7 +36,7 @@ clean:
 	rm -rf $(VENV) var *.egg-info build dist
 
 # make bench: the service against the polling design and a broadcaster baseline, in one run
-# (about 13 minutes; writes bench/results/latest.{json,md,png}). make bench-quick: under 2 minutes.
+# (about 14 minutes; writes bench/results/latest.{json,md,png}). make bench-quick: about 2 minutes.
 .PHONY: bench bench-quick
 $(VENV)/.installed-bench: $(VENV)/.installed bench/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt

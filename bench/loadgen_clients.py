@@ -1,7 +1,8 @@
 """A WebSocket client process: holds many sockets, timestamps every message on arrival.
 
-Driven by JSON lines on stdin (see protocol.py): connect, count, drop, reconnect, dump, close, exit.
-Arrival times are wall-clock (time.time()), comparable with the writer's commit times.
+Driven by JSON lines on stdin (see protocol.py): connect, connect_feed, count, drop, reconnect,
+dump, close, exit. Arrival times are wall-clock (time.time()), comparable with the writer's commit
+times.
 
 Each socket is a bare asyncio protocol that parses frames as bytes arrive: no task, no queue and
 no future per socket or per message. The load generator shares the 2 cores with the server and
@@ -23,6 +24,8 @@ import urllib.parse
 from .protocol import reply_channel
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# What a feed socket sends once open (41 bytes: client_frame's limit is 125).
+SUBSCRIBE_FEED = json.dumps({"type": "subscribe", "feed": "executions"}).encode()
 
 
 def client_frame(opcode: int, payload: bytes = b"") -> bytes:
@@ -103,6 +106,9 @@ class RawWebSocket(asyncio.Protocol):
                 self.transport.write(client_frame(OP_CLOSE, payload[:2]))
                 self.transport.close()
 
+    def send_text(self, payload: bytes) -> None:
+        self.transport.write(client_frame(OP_TEXT, payload))
+
     def close(self, code: int = 1000) -> None:
         """Our close frame; the server's answer (or connection_lost) completes `closed`."""
         if self.transport is not None and not self.transport.is_closing():
@@ -128,16 +134,28 @@ def upgrade_request(url: urllib.parse.SplitResult, path: str, params: dict) -> b
 
 
 class Sock:
-    __slots__ = ("execution_id", "ws", "events", "epoch", "since", "close_code", "connected_at")
+    """One socket: on one execution (`/api/v1/ws/executions/{id}`), or, with an `owner`, on the
+    executions feed of the multiplexed socket (`/api/v1/ws`) with that user's token."""
 
-    def __init__(self, execution_id: str):
+    __slots__ = ("execution_id", "owner", "path", "token", "ws", "events", "epoch", "since", "close_code",
+                 "connected_at", "subscribed_at")
+
+    def __init__(self, path: str, token: str, execution_id: str | None = None, owner: str | None = None):
         self.execution_id = execution_id
+        self.owner = owner
+        self.path = path
+        self.token = token
         self.ws: RawWebSocket | None = None
         self.events: list[tuple[float, str, int]] = []  # (arrival, raw text, epoch)
         self.epoch = 0
         self.since: list[int | None] = []  # the since sent at each epoch's connect
         self.close_code = None
         self.connected_at: list[float] = []
+        self.subscribed_at: float | None = None  # a feed socket: when the feed's `subscribed` came
+
+    @property
+    def is_feed(self) -> bool:
+        return self.owner is not None
 
     @property
     def open(self) -> bool:
@@ -154,20 +172,22 @@ class Sock:
 class Clients:
     def __init__(self):
         self.socks: list[Sock] = []
-        self.url: urllib.parse.SplitResult | None = None
-        self.token = ""
+        self.url: urllib.parse.SplitResult | None = None  # the server; each socket has its own path
         self.messages = 0
 
     async def _open(self, sock: Sock, since: int | None, limiter: asyncio.Semaphore, timeout: float) -> bool:
-        params = {"access_token": self.token}
+        """Open the socket (a feed socket then subscribes to the feed), at most three attempts."""
+        params = {"access_token": sock.token}
         if since is not None:
             params["since"] = str(since)
         epoch, events = sock.epoch, sock.events
-        request = upgrade_request(self.url, self.url.path + sock.execution_id, params)
+        request = upgrade_request(self.url, sock.path, params)
 
         def on_text(now: float, text: str) -> None:
             events.append((now, text, epoch))
             self.messages += 1
+            if sock.subscribed_at is None and sock.is_feed and json.loads(text).get("type") == "subscribed":
+                sock.subscribed_at = now
 
         def on_close(code: int | None) -> None:
             if sock.epoch == epoch:
@@ -193,12 +213,14 @@ class Clients:
         sock.since.append(since)
         sock.connected_at.append(time.time())
         sock.close_code = None
+        if sock.is_feed:
+            ws.send_text(SUBSCRIBE_FEED)
         return True
 
     async def connect(self, base: str, token: str, execution_ids: list[str], concurrency: int,
                       timeout: float) -> dict:
-        self.url, self.token = urllib.parse.urlsplit(base), token
-        new = [Sock(eid) for eid in execution_ids]
+        self.url = urllib.parse.urlsplit(base)
+        new = [Sock(self.url.path + eid, token, execution_id=eid) for eid in execution_ids]
         self.socks.extend(new)
         limiter = asyncio.Semaphore(concurrency)
         started = time.time()
@@ -207,6 +229,24 @@ class Clients:
         # Every socket is connected once it has its snapshot.
         first = await self._wait_first(new, epoch=0, deadline=started + timeout)
         return {"connected": sum(ok), "failed": len(ok) - sum(ok), "with_snapshot": first,
+                "seconds": time.time() - started}
+
+    async def connect_feed(self, url: str, tokens: dict[str, str], owners: list[str], concurrency: int,
+                           timeout: float) -> dict:
+        """One feed socket per entry of `owners`, each with its owner's token; a socket counts as
+        subscribed once the server has answered its subscribe."""
+        self.url = urllib.parse.urlsplit(url)
+        new = [Sock(self.url.path, tokens[owner], owner=owner) for owner in owners]
+        self.socks.extend(new)
+        limiter = asyncio.Semaphore(concurrency)
+        started = time.time()
+        ok = await asyncio.wait_for(
+            asyncio.gather(*(self._open(s, None, limiter, timeout) for s in new)), timeout)
+        deadline = started + timeout
+        while time.time() < deadline and any(s.subscribed_at is None for s in new):
+            await asyncio.sleep(0.05)
+        return {"connected": sum(ok), "failed": len(ok) - sum(ok),
+                "subscribed": sum(1 for s in new if s.subscribed_at is not None),
                 "seconds": time.time() - started}
 
     async def _wait_first(self, socks: list[Sock], epoch: int, deadline: float) -> int:
@@ -231,7 +271,8 @@ class Clients:
         limiter = asyncio.Semaphore(concurrency)
         started = time.time()
         ok = await asyncio.wait_for(asyncio.gather(
-            *(self._open(s, s.last_seq(), limiter, timeout) for s in self.socks)), timeout)
+            *(self._open(s, None if s.is_feed else s.last_seq(), limiter, timeout) for s in self.socks)),
+            timeout)
         return {"connected": sum(ok), "failed": len(ok) - sum(ok), "started": started,
                 "seconds": time.time() - started}
 
@@ -249,16 +290,19 @@ class Clients:
         return {"closed": True}
 
     def dump(self, path: str) -> dict:
-        """Per socket: its execution, and each status message as [arrival, seq, message, status, epoch]."""
+        """Per socket: its execution (a feed socket: its owner instead), and each status message
+        as [arrival, seq, message, status, epoch, execution_id]."""
         out = []
         for s in self.socks:
             events = []
             for t, text, epoch in s.events:
                 m = json.loads(text)
                 if m.get("type") == "status":
-                    events.append([t, m.get("seq"), m.get("message"), m.get("status"), epoch])
-            out.append({"execution_id": s.execution_id, "events": events, "since": s.since,
-                        "connected_at": s.connected_at, "close_code": s.close_code})
+                    events.append([t, m.get("seq"), m.get("message"), m.get("status"), epoch,
+                                   m.get("execution_id")])
+            out.append({"execution_id": s.execution_id, "owner": s.owner, "events": events, "since": s.since,
+                        "connected_at": s.connected_at, "subscribed_at": s.subscribed_at,
+                        "close_code": s.close_code})
         with open(path, "w") as f:
             json.dump(out, f)
         return {"path": path, "sockets": len(out)}
@@ -283,6 +327,8 @@ async def main() -> None:
                 break
             elif name == "connect":
                 reply(await clients.connect(**cmd))
+            elif name == "connect_feed":
+                reply(await clients.connect_feed(**cmd))
             elif name == "count":
                 reply({"messages": clients.messages, "open": sum(1 for s in clients.socks if s.open)})
             elif name == "drop":

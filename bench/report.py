@@ -1,4 +1,4 @@
-"""The results as a markdown table (three designs side by side) and a latency plot."""
+"""The results as a markdown table (three designs side by side, then S6's steps) and a latency plot."""
 
 from pathlib import Path
 
@@ -39,9 +39,28 @@ ROWS = [
     ("S5", "all caught up after reconnect (s)", "caught_up_s"),
     ("S5", "missed / repeated", ("missed", "repeated")),
 ]
+# S6 (the service only: the baselines have no feed), one row per step: (column, key in the step).
+S6_COLUMNS = [
+    ("feed sockets", "feed_sockets"),
+    ("per user", "sockets_per_user"),
+    ("changes/s", "changes_per_s"),
+    ("delivered/s", "delivered_per_s"),
+    ("p50 (ms)", "p50_ms"),
+    ("p99 (ms)", "p99_ms"),
+    ("max (ms)", "max_ms"),
+    ("target p99 (ms)", "target_p99_ms"),
+    ("met", "target_met"),
+    ("coalesced (a newer status sent instead)", "coalesced"),
+    ("lost / reordered / not the owner's", ("lost", "reordered", "violations")),
+    ("server CPU (% of a core)", "server_cpu_percent"),
+    ("other tenants' CPU (% of a core)", "others_cpu_percent"),
+    ("statements per change", "statements_per_change"),
+]
 
 
 def _cell(figures: dict, key) -> str:
+    if "not_applicable" in figures:
+        return "n/a"
     if "error" in figures and not any(k in figures for k in (key if isinstance(key, tuple) else (key,))):
         return "error"
     if isinstance(key, tuple):
@@ -49,6 +68,8 @@ def _cell(figures: dict, key) -> str:
     value = figures.get(key)
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, dict):  # figures by name, in the order given: the first four
         shown = ", ".join(f"{name} {_cell(value, name)}" for name in list(value)[:4])
         return shown + (", ..." if len(value) > 4 else "") if value else "-"
@@ -64,18 +85,20 @@ def markdown(report: dict) -> str:
     lines = [
         f"# aiagent-live bench ({m['mode']} run, {m['date']})", "",
         f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, {m['postgres']}, "
-        f"service at {m['git_commit']}{' (uncommitted changes)' if m['service_tree_dirty'] else ''}; "
-        f"run took {m['duration_s']} s. Clients and writers run on the same machine.", "",
-        "| scenario | figure | " + " | ".join(COLUMNS) + " |",
-        "| --- | --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
+        f"service at {m['git_commit']}{' (uncommitted changes)' if m['service_tree_dirty'] else ''}"
+        f"{_other_tree(m)}; run took {m['duration_s']} s. Clients and writers run on the same machine.", "",
     ]
+    rows = []
     for scenario, label, key in ROWS:
         if scenario not in report:
             continue
         designs = report[scenario]["designs"]
         cells = [_cell(designs[d], key) if d in designs else "n/a" for d in COLUMNS]
-        lines.append(f"| {scenario} | {label} | " + " | ".join(cells) + " |")
-    lines.append("")
+        rows.append(f"| {scenario} | {label} | " + " | ".join(cells) + " |")
+    if rows:  # none when only S6 ran
+        lines += ["| scenario | figure | " + " | ".join(COLUMNS) + " |",
+                  "| --- | --- | " + " | ".join("---:" for _ in COLUMNS) + " |", *rows, ""]
+    lines += s6_table(report)
     ratio_lines = []
     for scenario in ("S1", "S2", "S3", "S4", "S5"):
         r = report.get(scenario, {}).get("ratios")
@@ -87,6 +110,38 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _other_tree(machine: dict) -> str:
+    """Where the measured service came from, when not from the bench's own checkout (--service-tree)."""
+    tree = machine.get("service_tree")
+    if tree is None or Path(tree) == Path(__file__).resolve().parent.parent:
+        return ""
+    return f" from {tree} (bench at {machine.get('bench_commit')})"
+
+
+def s6_table(report: dict) -> list[str]:
+    """S6's steps, one row each, under the issue's targets."""
+    if "S6" not in report:
+        return []
+    ours = report["S6"]["designs"].get("service")
+    if ours is None:
+        return []
+    lines = [f"S6, the list views: executions-feed sockets on /api/v1/ws (the service only; the baselines "
+             f"have no feed), spread evenly over {ours.get('users', '-')} users; a writer at "
+             f"{_cell(ours, 'rate_per_s')} changes/s round-robin over their {_cell(ours, 'executions')} "
+             f"executions for {_cell(ours, 'seconds')} s a step. Latency is commit -> arrival per delivered "
+             "feed message. Targets (issue 13): 1,000 feed sockets p99 <= 10 ms, 5,000 <= 50 ms; 0 lost, "
+             "reordered or delivered to a socket of another user.", ""]
+    if "steps" not in ours:
+        return lines + [f"S6: {_cell(ours, 'steps')}", ""]
+    lines += ["| " + " | ".join(label for label, _ in S6_COLUMNS) + " |",
+              "| " + " | ".join("---:" for _ in S6_COLUMNS) + " |"]
+    for step in ours["steps"]:
+        cpu = step.get("cpu_percent", {})
+        figures = {**step, "server_cpu_percent": cpu.get("server"), "others_cpu_percent": cpu.get("others")}
+        lines.append("| " + " | ".join(_cell(figures, key) for _, key in S6_COLUMNS) + " |")
+    return lines + [""]
+
+
 def plot(curves: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -95,7 +150,8 @@ def plot(curves: dict, path: Path, title: str) -> None:
 
     panels = [(k, t) for k, t in (("S1", "S1: commit -> arrival, per message"),
                                   ("S1_visible", "S1: commit -> that value or newer visible"),
-                                  ("S2", "S2: commit -> arrival, fan-out to one execution"))
+                                  ("S2", "S2: commit -> arrival, fan-out to one execution"),
+                                  ("S6", "S6: commit -> arrival on executions-feed sockets"))
               if curves.get(k)]
     if not panels:
         return

@@ -27,6 +27,8 @@ def test_bench_smoke_run_loses_nothing_and_writes_the_issue_shape(tmp_path):
         "S3": {"ceiling_per_s", "delivered_per_s", "p99_ms", "lost", "reordered"},
         "S4": {"sockets", "queries_per_s", "baseline_queries_per_s", "kib_per_socket"},
         "S5": {"sockets", "caught_up_s", "missed", "repeated"},
+        "S6": {"feed_sockets", "p50_ms", "p99_ms", "max_ms", "target_p99_ms", "lost", "reordered",
+               "violations"},
     }
     assert {"cores", "mode"} <= set(report["machine"])
     for scenario, keys in shape.items():
@@ -45,3 +47,30 @@ def test_bench_smoke_run_loses_nothing_and_writes_the_issue_shape(tmp_path):
     assert {"postgres", "server", "clients", "writers"} <= set(waiting), waiting
     assert all(w >= 0 for w in waiting.values()) and sum(waiting.values()) > 0, waiting
     assert report["S5"]["missed"] == 0 and report["S5"]["repeated"] == 0
+    # S6: every feed socket got its own user's changes, all of them, in order, and nobody else's.
+    assert len(report["S6"]["feed_sockets"]) == 2
+    assert report["S6"]["violations"] == 0
+    assert report["S6"]["lost"] == 0 and report["S6"]["reordered"] == 0
+    for step in report["S6"]["designs"]["service"]["steps"]:
+        assert step["subscribed"] == step["feed_sockets"], step
+        assert step["delivered"] > 0 and step["statements_per_change"] > 0, step
+    assert "S6, the list views" in (tmp_path / "smoke.md").read_text()
+
+
+def test_feed_analysis_counts_another_users_change_a_loss_and_a_reordering():
+    from bench.stats import analyze_feed
+
+    owner_of = {"a1": "alice", "a2": "alice", "b1": "bob"}
+    commits = [["a1", 2, "t0", 10.0, 0.001], ["a2", 5, "t1", 10.1, 0.001], ["a1", 3, "t2", 10.2, 0.001],
+               ["b1", 7, "t3", 10.3, 0.001]]
+    # [arrival, seq, message, status, epoch, execution_id], as loadgen_clients dumps them
+    alice = {"owner": "alice", "events": [
+        [10.01, 2, "t0", "running", 0, "a1"], [10.31, 7, "t3", "running", 0, "b1"],
+        [10.21, 3, "t2", "running", 0, "a1"], [10.22, 2, "t0", "running", 0, "a1"]]}
+    bob = {"owner": "bob", "events": [[10.32, 7, "t3", "running", 0, "b1"]]}
+    a = analyze_feed(commits, [alice, bob], owner_of)
+    assert a["violations"] == 1  # bob's b1 on alice's socket
+    assert a["lost"] == 1  # a2 never reached alice
+    assert a["reordered"] == 1  # a1's seq 2 again after 3
+    assert a["expected"] == 4 and a["delivered"] == 4  # 3 of alice's on her socket (one twice), 1 of bob's
+    assert sorted(round(x, 3) for x in a["latency"]) == [0.01, 0.01, 0.02, 0.22]
