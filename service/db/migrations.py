@@ -10,6 +10,7 @@ One run is one transaction under an advisory lock: runners in several processes 
 failed upgrade changes nothing.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.resources
@@ -17,6 +18,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import aiopg
+import psycopg2
 import structlog
 
 log = structlog.get_logger(__name__)
@@ -51,13 +53,13 @@ def migrations_directory() -> Traversable:
 def load_migrations(directory: Traversable | None = None) -> list[Migration]:
     """Every migration in the order a run applies them: versioned by name, then repeatable by name."""
     directory = directory if directory is not None else migrations_directory()
-    versioned = _sql_files(directory, lambda name: name[:1].isdigit())
+    versioned = [file for file in _sql_files(directory) if file.name[:1].isdigit()]
     if not versioned:
         raise MigrationsNotFound(f"no migrations found in {directory}")
-    repeatable = _sql_files(directory / REPEATABLE_DIRECTORY, lambda name: True)
-    return ([Migration(f.name, f.read_text(encoding="utf-8"), False) for f in versioned]
-            + [Migration(f"{REPEATABLE_DIRECTORY}/{f.name}", f.read_text(encoding="utf-8"), True)
-               for f in repeatable])
+    repeatable = _sql_files(directory / REPEATABLE_DIRECTORY)
+    return ([Migration(file.name, file.read_text(encoding="utf-8"), False) for file in versioned]
+            + [Migration(f"{REPEATABLE_DIRECTORY}/{file.name}", file.read_text(encoding="utf-8"), True)
+               for file in repeatable])
 
 
 def migration_files(directory: Traversable | None = None) -> list[str]:
@@ -65,11 +67,11 @@ def migration_files(directory: Traversable | None = None) -> list[str]:
     return [migration.name for migration in load_migrations(directory)]
 
 
-def _sql_files(directory: Traversable, wanted) -> list[Traversable]:
+def _sql_files(directory: Traversable) -> list[Traversable]:
     if not directory.is_dir():
         return []
-    return sorted((f for f in directory.iterdir() if f.is_file() and f.name.endswith(".sql") and wanted(f.name)),
-                  key=lambda f: f.name)
+    return sorted((file for file in directory.iterdir() if file.is_file() and file.name.endswith(".sql")),
+                  key=lambda file: file.name)
 
 
 async def apply_migrations(dsn: str, directory: Traversable | None = None) -> list[str]:
@@ -83,7 +85,8 @@ async def apply_migrations(dsn: str, directory: Traversable | None = None) -> li
                 applied = await _apply(cur, migrations)
                 await cur.execute("COMMIT")
             except BaseException:
-                await cur.execute("ROLLBACK")
+                with contextlib.suppress(psycopg2.Error):  # a broken connection rolls back as it closes
+                    await cur.execute("ROLLBACK")
                 raise
     for name in applied:
         log.info("migration.applied", name=name)
