@@ -138,12 +138,13 @@ class Database:
             with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
                 conn.autocommit = True
                 if design != "service":
-                    # The baselines' databases lose the service's notifying triggers: the first
-                    # design had none (nobody listened), the broadcaster gets its own below.
+                    # The baselines' databases lose the service's notifying triggers (they send
+                    # their hint through notify_change): the first design had none (nobody
+                    # listened), the broadcaster gets its own below.
                     cur.execute(
                         "SELECT t.tgname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
                         "WHERE t.tgrelid = 'executions'::regclass AND NOT t.tgisinternal "
-                        "AND p.prosrc LIKE '%%pg_notify%%'")
+                        "AND p.prosrc LIKE '%%notify_change%%'")
                     for (trigger,) in cur.fetchall():
                         cur.execute(f'DROP TRIGGER "{trigger}" ON executions')
                 if design == "broadcaster":

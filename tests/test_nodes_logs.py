@@ -9,6 +9,8 @@ import psycopg2
 import pytest
 from aiohttp import WSMsgType
 
+from service.db.state_machine import ILLEGAL_CHANGE
+
 from .actors import Actor, token_for
 from .test_push import drain, next_json, next_status
 
@@ -88,9 +90,10 @@ async def test_worker_patches_nodes_through_their_state_machine(user, worker):
 
 async def test_illegal_node_transition_in_sql_raises(user, sql):
     execution = await user.create_execution()
-    with pytest.raises(psycopg2.Error):
+    with pytest.raises(psycopg2.Error) as refused:
         await execute(sql, "UPDATE execution_nodes SET status='completed' WHERE execution_id=%s AND node_id='plan'",
                       execution["id"])
+    assert refused.value.pgcode == ILLEGAL_CHANGE
 
 
 async def test_progress_is_computed_from_nodes_until_a_worker_sets_it(user, worker):

@@ -8,10 +8,11 @@ import aiopg
 import psycopg2
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.app import create_app
+from service.db.state_machine import ILLEGAL_CHANGE, NODE_TRANSITIONS
 
 from .actors import Actor
 
@@ -72,6 +73,7 @@ async def scenario(config, operations) -> None:
                 await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (eid,))
                 watcher = ResumingClient(user, eid)
                 await watcher.connect()
+                node_statuses = {node: "pending" for node in NODES}
                 for operation in operations:
                     kind = operation[0]
                     if kind == "disconnect" and watcher.ws is not None:
@@ -81,7 +83,7 @@ async def scenario(config, operations) -> None:
                     elif kind == "pause":
                         await asyncio.sleep(0.01)
                     else:
-                        await write(sql, eid, operation)
+                        await write(sql, eid, operation, node_statuses)
                 if watcher.ws is None:
                     await watcher.connect()
                 await sql.execute("UPDATE executions SET status='completed' WHERE id=%s", (eid,))
@@ -103,25 +105,42 @@ async def scenario(config, operations) -> None:
         assert watcher.close_code == 1000
 
 
-async def write(sql, eid: str, operation) -> None:
+async def write(sql, eid: str, operation, node_statuses: dict[str, str]) -> None:
+    """One write, which the database must take exactly when the model says it is legal: only a
+    node move the state machine forbids may be refused, and then with AL409."""
     kind = operation[0]
+    legal = True
+    if kind == "node":
+        node, status = operation[1:]
+        legal = status == node_statuses[node] or status in NODE_TRANSITIONS.get(node_statuses[node], ())
     try:
         if kind == "log":
             await sql.execute("INSERT INTO execution_logs (execution_id, level, message) VALUES (%s, %s, %s)",
                               (eid, operation[1], operation[2].replace("\x00", "")))
         elif kind == "log_batch":
-            await sql.execute("INSERT INTO execution_logs (execution_id, message) "
-                              "SELECT %s, 'batch line ' || n FROM generate_series(1, %s) n", (eid, operation[1]))
+            await sql.execute("INSERT INTO execution_logs (execution_id, message)"
+                              " SELECT %s, 'batch line ' || n FROM generate_series(1, %s) n",
+                              (eid, operation[1]))
         elif kind == "node":
             await sql.execute("UPDATE execution_nodes SET status=%s WHERE execution_id=%s AND node_id=%s",
-                              (operation[2], eid, operation[1]))
+                              (status, eid, node))
         elif kind == "progress":
             await sql.execute("UPDATE executions SET progress=%s WHERE id=%s", (operation[1], eid))
-    except psycopg2.Error:
-        pass  # an illegal transition: refused, nothing stored, nothing to deliver
+    except psycopg2.Error as exc:
+        if legal or exc.pgcode != ILLEGAL_CHANGE:
+            raise
+        return  # refused as it should be: nothing stored, nothing to deliver
+    assert legal, f"the database took an illegal write: {operation}"
+    if kind == "node":
+        node_statuses[node] = status
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=OPERATIONS)
+# Always among the examples: a retry (failed -> running) and moves the state machine refuses.
+@example(operations=[("node", "a", "running"), ("node", "a", "failed"), ("log", "info", "retrying"),
+                     ("node", "a", "running"), ("node", "a", "completed"), ("node", "a", "running"),
+                     ("node", "b", "completed"), ("disconnect",), ("progress", 70), ("node", "b", "skipped"),
+                     ("reconnect",), ("node", "b", "running")])
 def test_a_resuming_client_assembles_the_stored_sequence(config, operations):
     asyncio.run(scenario(dataclasses.replace(config, ws_log_tail=0), operations))

@@ -3,11 +3,11 @@
 import marshmallow
 from marshmallow import fields, validate
 
-STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+from ..db.state_machine import EXECUTION_STATUSES as STATUSES
+from ..db.state_machine import LOG_LEVELS, NODE_STATUSES
+
 # Cancelling has its own endpoint (it also cancels running nodes), so PATCH cannot set it.
-PATCH_STATUSES = ("pending", "running", "completed", "failed")
-NODE_STATUSES = ("pending", "running", "completed", "failed", "skipped", "cancelled")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+PATCH_STATUSES = tuple(status for status in STATUSES if status != "cancelled")
 MAX_TEXT = 100_000
 
 

@@ -11,15 +11,14 @@ import psycopg2
 import psycopg2.extras
 
 from ..api.errors import Conflict
+from .state_machine import ILLEGAL_CHANGE, NO_SUCH_EXECUTION
+
+FOREIGN_KEY_VIOLATION = "23503"  # PostgreSQL's own SQLSTATE; the triggers' are in state_machine.py
 
 
 class MissingReference(Exception):
     """A write named an execution or node that does not exist."""
 
-# SQLSTATEs raised by the migrations' triggers: an illegal change, and a missing execution.
-ILLEGAL_CHANGE = "AL409"
-NO_SUCH_EXECUTION = "AL404"
-FOREIGN_KEY_VIOLATION = "23503"
 
 EXECUTION_COLUMNS = """
     e.id::text AS id, e.workflow_id::text AS workflow_id, e.owner, e.status, e.progress, e.message,

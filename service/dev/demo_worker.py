@@ -15,6 +15,7 @@ import psycopg2
 import structlog
 
 from ..cancellation import cancel_and_wait
+from ..db.state_machine import ILLEGAL_CHANGE, NOTIFY_CHANNEL
 
 log = structlog.get_logger(__name__)
 
@@ -129,9 +130,9 @@ class ExecutionRun:
                 await cur.execute(statement, params)
                 return await cur.fetchall() if cur.description else None
         except psycopg2.Error as exc:
-            # AL409: the database refused the change; if that is because the execution was
-            # cancelled meanwhile, it is not an error: stop quietly.
-            if exc.pgcode == "AL409" and await self.finished():
+            # The database refused the change; if that is because the execution was cancelled
+            # meanwhile, it is not an error: stop quietly.
+            if exc.pgcode == ILLEGAL_CHANGE and await self.finished():
                 raise Cancelled() from None
             raise
 
@@ -244,7 +245,7 @@ async def run_worker(database_url: str, settings: DemoSettings, *, seed: bool,
             await seed_workflows(pool)
         async with aiopg.connect(database_url, enable_hstore=False) as listen_conn:
             async with listen_conn.cursor() as cur:
-                await cur.execute("LISTEN aiagent_live")  # a new execution announces "<id>:1"
+                await cur.execute(f"LISTEN {NOTIFY_CHANNEL}")  # a new execution announces "<id>:1"
             waker = asyncio.create_task(_wake_on_new(listen_conn, wake))
             submitter = asyncio.create_task(_submit_forever(pool, settings, rng)) if settings.submit_every else None
             log.info("demo.worker_ready", concurrency=settings.concurrency, speed=settings.speed)

@@ -55,7 +55,7 @@ CATCH_UP = f"""
          JOIN execution_nodes n ON n.execution_id = v.execution_id AND n.node_id = v.node_id
     UNION ALL
     SELECT w.ord, 'node', w.id::text, n.seq, to_jsonb(n) - 'output' || jsonb_build_object(
-               'output_preview', left(n.output::text, 65536), 'output_size', length(n.output::text)),
+               'output_preview', node_output_preview(n.output::text), 'output_size', length(n.output::text)),
            2, n.position
     FROM wanted w JOIN execution_nodes n ON NOT w.resume AND n.execution_id = w.id
     UNION ALL

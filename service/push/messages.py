@@ -5,7 +5,7 @@ import datetime
 import json
 import struct
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+from ..db.state_machine import TERMINAL_EXECUTION_STATUSES as TERMINAL_STATUSES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,10 +8,11 @@ import psycopg2
 import structlog
 
 from ..db import pg_async
+from ..db.state_machine import NOTIFY_CHANNEL
 
 log = structlog.get_logger(__name__)
 
-CHANNEL = "aiagent_live"  # a constant: LISTEN is never built from outside text
+CHANNEL = NOTIFY_CHANNEL  # a constant: LISTEN is never built from outside text
 APPLICATION_NAME = "aiagent-live listener"  # how operators (and tests) find it in pg_stat_activity
 # Weight of the latest batch in the moving share of batches after which the next was already
 # waiting (about the last ten batches count), and the share above which the listener gathers:
