@@ -60,14 +60,17 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def listening(url: str, recorder: Recorder | None = None, *, connect_timeout: float = 10, **options):
-    """A WalListener on `url` for the block, connected before the block starts."""
+async def listening(url: str, recorder: Recorder | None = None, *, connect_timeout: float | None = 10,
+                    **options):
+    """A WalListener on `url` for the block, connected before the block starts (unless
+    connect_timeout is None: then the block waits itself)."""
     recorder = recorder or Recorder()
     settings = {"ping_seconds": 2.0, "backoff_min": 0.05, "backoff_max": 0.5, **options}
     listener = WalListener(url, on_batch=recorder.on_batch, on_connect=recorder.on_connect, **settings)
     task = asyncio.create_task(listener.run())
     try:
-        assert await listener.wait_connected(connect_timeout), "the listener did not connect"
+        if connect_timeout is not None:
+            assert await listener.wait_connected(connect_timeout), "the listener did not connect"
         yield listener, recorder
     finally:
         task.cancel()
