@@ -35,9 +35,9 @@ class Commit(NamedTuple):
 def read_message(payload: bytes) -> Message:
     flags, _lsn = _MESSAGE_HEAD.unpack_from(payload)
     prefix_end = payload.index(0, _MESSAGE_HEAD.size)
+    prefix = payload[_MESSAGE_HEAD.size:prefix_end]
     # After the prefix and its terminating zero: the content's int32 length, then the content (the rest).
-    content_start = prefix_end + 1 + 4
-    return Message(bool(flags & TRANSACTIONAL), payload[_MESSAGE_HEAD.size:prefix_end], payload[content_start:])
+    return Message(bool(flags & TRANSACTIONAL), prefix, payload[prefix_end + 1 + 4:])
 
 
 def read_commit(payload: bytes) -> Commit:

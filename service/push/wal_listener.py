@@ -235,9 +235,19 @@ class WalListener:
 
 
 async def _readable(fd: int, timeout: float) -> bool:
+    """Whether the socket became readable within `timeout`. Waited for once per wake-up, often once
+    per commit: one future and one timer (pg_async.ready_to under asyncio.timeout costs more)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, _settle, ready, True)
+    timer = loop.call_later(timeout, _settle, ready, False)
     try:
-        async with asyncio.timeout(timeout):
-            await pg_async.ready_to(fd, write=False)
-        return True
-    except TimeoutError:
-        return False
+        return await ready
+    finally:
+        timer.cancel()
+        loop.remove_reader(fd)
+
+
+def _settle(future: asyncio.Future, value: bool) -> None:
+    if not future.done():
+        future.set_result(value)

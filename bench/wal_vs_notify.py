@@ -1,0 +1,207 @@
+"""pgbench, 8 clients updating single rows of a small table, three ways: no announcement; a trigger
+announcing with NOTIFY, pg_listener consuming; a trigger announcing with a transactional WAL message,
+wal_listener consuming. Commits/s and push latency, paced at 500/s and at saturation.
+
+    .venv/bin/python -m bench.wal_vs_notify [--seconds 15] [--rounds 3] [--out FILE.md]
+
+Push latency runs from the announcing trigger's clock_timestamp() (inside the writer's transaction,
+so it includes the commit) to the batch reaching the listener's on_batch, on one machine's clock.
+Both listeners run as the service runs them (uvloop, 10 ms gathering under sustained backlog),
+with a consumer that only records, so the figures are the change source's own.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import psutil
+import psycopg2
+import uvloop
+
+from service.dev.embedded_db import psql_binary, start_embedded_postgres
+from service.push.pg_listener import PgListener
+from service.push.wal_listener import APPLICATION_NAME, WalListener
+
+DATABASE = "wal_bench"
+CLIENTS = 8
+PACED_RATE = 500
+SCENARIOS = ("none", "notify", "wal")
+PGBENCH_SCRIPT = "\\set id random(1, 1000)\nUPDATE bench_items SET seq = seq + 1 WHERE id = :id;\n"
+LISTENER_SETTINGS = {"ping_seconds": 5.0, "backoff_min": 0.1, "backoff_max": 1.0, "coalesce_seconds": 0.010}
+
+
+class Consumer:
+    """Records each announcement's latency; counts what arrived."""
+
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.connected_at = 0.0
+
+    async def on_batch(self, batch: dict[str, int]) -> None:
+        now = time.time()
+        self.latencies.extend(now - stamp / 1e6 for stamp in batch.values())
+
+    async def on_connect(self) -> None:
+        self.connected_at = time.time()
+
+
+def admin(url: str):
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    return conn
+
+
+def prepare(server_url: str) -> str:
+    with contextlib.closing(admin(server_url)) as conn, conn.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+        cursor.execute(f"CREATE DATABASE {DATABASE}")
+    url = server_url.replace("/postgres?", f"/{DATABASE}?")
+    with contextlib.closing(admin(url)) as conn, conn.cursor() as cursor:
+        cursor.execute((Path(__file__).parent / "wal_announce.sql").read_text())
+    return url
+
+
+def set_scenario(url: str, scenario: str) -> None:
+    with contextlib.closing(admin(url)) as conn, conn.cursor() as cursor:
+        if scenario == "none":
+            cursor.execute("DROP TRIGGER IF EXISTS bench_items_announce ON bench_items")
+        else:
+            cursor.execute("CREATE OR REPLACE TRIGGER bench_items_announce AFTER UPDATE ON bench_items "
+                           "FOR EACH ROW EXECUTE FUNCTION bench_items_announce()")
+            cursor.execute(f"ALTER DATABASE {DATABASE} SET aiagent.change_source = %s", (scenario,))
+        cursor.execute("VACUUM bench_items")
+        cursor.execute("CHECKPOINT")
+
+
+def walsender_pid(url: str) -> int | None:
+    with contextlib.closing(admin(url)) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_replication WHERE application_name = %s", (APPLICATION_NAME,))
+        row = cursor.fetchone()
+        return row[0] if row else None
+
+
+async def pgbench(url: str, seconds: int, rate: int | None, script: Path) -> dict:
+    query = parse_qs(urlsplit(url).query)
+    args = [str(psql_binary().parent / "pgbench"), "-n", "-c", str(CLIENTS), "-j", "2", "-T", str(seconds),
+            "-f", str(script), "-h", query["host"][0], "-p", query.get("port", ["5432"])[0], "-U", "postgres",
+            DATABASE]
+    if rate:
+        args[1:1] = ["-R", str(rate)]
+    process = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = (await process.communicate())[0].decode()
+    if process.returncode:
+        raise RuntimeError(output)
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", output).group(1))
+    tps = float(re.search(r"tps = ([\d.]+)", output).group(1))
+    latency = float(re.search(r"latency average = ([\d.]+) ms", output).group(1))
+    return {"processed": processed, "commits_per_second": tps, "writer_latency_ms": latency}
+
+
+async def run_phase(url: str, scenario: str, rate: int | None, seconds: int, script: Path) -> dict:
+    set_scenario(url, scenario)
+    consumer = Consumer()
+    listener = None
+    task = None
+    if scenario != "none":
+        kind = WalListener if scenario == "wal" else PgListener
+        listener = kind(url, consumer.on_batch, consumer.on_connect, **LISTENER_SETTINGS)
+        task = asyncio.create_task(listener.run())
+        assert await listener.wait_connected(30)
+    walsender = psutil.Process(walsender_pid(url)) if scenario == "wal" else None
+    try:
+        cpu_before = time.process_time()
+        walsender_before = sum(walsender.cpu_times()[:2]) if walsender else 0.0
+        started = time.monotonic()
+        result = await pgbench(url, seconds, rate, script)
+        elapsed = time.monotonic() - started
+        result["consumer_cpu"] = (time.process_time() - cpu_before) / elapsed
+        if walsender:
+            result["walsender_cpu"] = (sum(walsender.cpu_times()[:2]) - walsender_before) / elapsed
+        if listener is not None:
+            counter = "messages_decoded" if scenario == "wal" else "notifications"
+
+            def delivered() -> int:
+                return getattr(listener, counter)
+
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    while delivered() < result["processed"]:
+                        await asyncio.sleep(0.05)
+            result["delivered"] = delivered()
+            result["reconnects"] = listener.reconnects
+            latencies = sorted(consumer.latencies)
+            result["push_p50_ms"] = 1000 * latencies[len(latencies) // 2]
+            result["push_p99_ms"] = 1000 * latencies[int(len(latencies) * 0.99)]
+            result["push_max_ms"] = 1000 * latencies[-1]
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    # Other work on the machine shows here: the cores are shared.
+    return {"scenario": scenario, "rate": rate or "max", "load_average": os.getloadavg()[0], **result}
+
+
+def report(phases: list[dict]) -> str:
+    lines = ["| load | announcement | commits/s (median of rounds) | rounds | writer latency ms | "
+             "push p50 ms | push p99 ms | delivered / committed | consumer CPU | walsender CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for rate in (PACED_RATE, "max"):
+        for scenario in SCENARIOS:
+            runs = [p for p in phases if p["scenario"] == scenario and p["rate"] == rate]
+            if not runs:
+                continue
+            median = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+            tps = ", ".join(f"{r['commits_per_second']:,.0f}" for r in runs)
+            push = scenario != "none"
+            lines.append(
+                f"| {'paced 500/s' if rate == PACED_RATE else 'saturation'} | {scenario} | "
+                f"{median('commits_per_second'):,.0f} | {tps} | {median('writer_latency_ms'):.2f} | "
+                + (f"{median('push_p50_ms'):.2f} | {median('push_p99_ms'):.2f} | "
+                   f"{sum(r['delivered'] for r in runs):,} / {sum(r['processed'] for r in runs):,} | "
+                   f"{median('consumer_cpu'):.0%} | " if push else "- | - | - | - | ")
+                + (f"{median('walsender_cpu'):.0%} |" if scenario == "wal" else "- |"))
+    return "\n".join(lines)
+
+
+async def main(seconds: int, rounds: int, out: Path | None) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="wal-bench-"))
+    server = start_embedded_postgres(workdir, throwaway=True)
+    try:
+        url = prepare(server.get_uri())
+        script = workdir / "update.sql"
+        script.write_text(PGBENCH_SCRIPT)
+        phases = []
+        for round_number in range(rounds):
+            # Alternating order, so no scenario always runs on a warmer or a more bloated table.
+            order = SCENARIOS if round_number % 2 == 0 else tuple(reversed(SCENARIOS))
+            for rate in (PACED_RATE, None):
+                for scenario in order:
+                    phase = await run_phase(url, scenario, rate, seconds, script)
+                    print(json.dumps(phase), file=sys.stderr, flush=True)
+                    phases.append(phase)
+        table = report(phases)
+        print(table)
+        if out:
+            out.write_text(f"{table}\n\n<!-- raw phases -->\n```json\n{json.dumps(phases, indent=1)}\n```\n")
+    finally:
+        server.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    arguments = parser.parse_args()
+    uvloop.run(main(arguments.seconds, arguments.rounds, arguments.out))
