@@ -52,10 +52,10 @@ class StreamingStandby:
                   "--write-recovery-conf", "--wal-method=stream", "--checkpoint=fast",
                   "--create-slot", "--slot", self.slot_name)
 
-    def start(self) -> None:
+    def start(self, *, hot_standby_feedback: bool = True) -> None:
         self._pg_ctl("-w", "-l", str(self.log),
                      "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-o", f"-p {self.port}",
-                     "-o", "-c hot_standby_feedback=on", "start")
+                     "-o", f"-c hot_standby_feedback={'on' if hot_standby_feedback else 'off'}", "start")
 
     def stop(self) -> None:
         self._pg_ctl("-w", "-m", "fast", "stop")

@@ -7,6 +7,8 @@ import uuid
 import aiopg
 import pytest
 
+from service.push.decoding_preflight import DecodingUnavailable, check_decoding
+
 from .standby import StreamingStandby
 from .wal_decoding import Recorder, emit, listening, prepare_for_decoding
 
@@ -82,3 +84,15 @@ async def test_a_restarted_standby_is_decoded_from_again_after_on_connect(standb
         assert recorder.connects == 2
         await write_and_announce(primary, after, 1)
         await recorder.until_announced(after, 1)
+
+
+async def test_a_standby_without_hot_standby_feedback_is_refused_naming_it(standby):
+    await check_decoding(standby.url, timeout=5)
+    await asyncio.to_thread(standby.stop)
+    await asyncio.to_thread(standby.start, hot_standby_feedback=False)
+    try:
+        with pytest.raises(DecodingUnavailable, match="hot_standby_feedback = on"):
+            await check_decoding(standby.url, timeout=5)
+    finally:
+        await asyncio.to_thread(standby.stop)
+        await asyncio.to_thread(standby.start)
