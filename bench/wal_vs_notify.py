@@ -41,15 +41,21 @@ LISTENER_SETTINGS = {"ping_seconds": 5.0, "backoff_min": 0.1, "backoff_max": 1.0
 
 
 class Consumer:
-    """Records each announcement's latency; counts what arrived."""
+    """Records each announcement's latency; counts what arrived. For the wal source also the
+    decoding lag: from the newest commit of the previous batch to its handing over, by the commit
+    time the WAL carries (so a writer slow between its trigger and its commit does not count)."""
 
     def __init__(self):
         self.latencies: list[float] = []
+        self.decoding_lags: list[float] = []
+        self.listener = None
         self.connected_at = 0.0
 
     async def on_batch(self, batch: dict[str, int]) -> None:
         now = time.time()
         self.latencies.extend(now - stamp / 1e6 for stamp in batch.values())
+        if isinstance(self.listener, WalListener) and self.listener.decoded_lsn:
+            self.decoding_lags.append(self.listener.lag_seconds)
 
     async def on_connect(self) -> None:
         self.connected_at = time.time()
@@ -114,7 +120,7 @@ async def run_phase(url: str, scenario: str, rate: int | None, seconds: int, scr
     task = None
     if scenario != "none":
         kind = WalListener if scenario == "wal" else PgListener
-        listener = kind(url, consumer.on_batch, consumer.on_connect, **LISTENER_SETTINGS)
+        listener = consumer.listener = kind(url, consumer.on_batch, consumer.on_connect, **LISTENER_SETTINGS)
         task = asyncio.create_task(listener.run())
         assert await listener.wait_connected(30)
     walsender = psutil.Process(walsender_pid(url)) if scenario == "wal" else None
@@ -143,6 +149,10 @@ async def run_phase(url: str, scenario: str, rate: int | None, seconds: int, scr
             result["push_p50_ms"] = 1000 * latencies[len(latencies) // 2]
             result["push_p99_ms"] = 1000 * latencies[int(len(latencies) * 0.99)]
             result["push_max_ms"] = 1000 * latencies[-1]
+            if consumer.decoding_lags:
+                lags = sorted(consumer.decoding_lags)
+                result["commit_to_listener_p50_ms"] = 1000 * lags[len(lags) // 2]
+                result["commit_to_listener_p99_ms"] = 1000 * lags[int(len(lags) * 0.99)]
     finally:
         if task is not None:
             task.cancel()
@@ -153,24 +163,35 @@ async def run_phase(url: str, scenario: str, rate: int | None, seconds: int, scr
 
 
 def report(phases: list[dict]) -> str:
-    lines = ["| load | announcement | commits/s (median of rounds) | rounds | writer latency ms | "
-             "push p50 ms | push p99 ms | delivered / committed | consumer CPU | walsender CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| load | announcement | commits/s, median | commits/s, each round | writer latency ms | "
+             "push p50 / p99 ms | WAL commit to listener p50 / p99 ms | delivered / committed | "
+             "consumer CPU | walsender CPU | load average |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for rate in (PACED_RATE, "max"):
         for scenario in SCENARIOS:
             runs = [p for p in phases if p["scenario"] == scenario and p["rate"] == rate]
             if not runs:
                 continue
-            median = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
-            tps = ", ".join(f"{r['commits_per_second']:,.0f}" for r in runs)
-            push = scenario != "none"
-            lines.append(
-                f"| {'paced 500/s' if rate == PACED_RATE else 'saturation'} | {scenario} | "
-                f"{median('commits_per_second'):,.0f} | {tps} | {median('writer_latency_ms'):.2f} | "
-                + (f"{median('push_p50_ms'):.2f} | {median('push_p99_ms'):.2f} | "
-                   f"{sum(r['delivered'] for r in runs):,} / {sum(r['processed'] for r in runs):,} | "
-                   f"{median('consumer_cpu'):.0%} | " if push else "- | - | - | - | ")
-                + (f"{median('walsender_cpu'):.0%} |" if scenario == "wal" else "- |"))
+
+            def median(key: str, runs=runs) -> float:
+                return statistics.median(r[key] for r in runs)
+
+            cells = [
+                "paced 500/s" if rate == PACED_RATE else "saturation", scenario,
+                f"{median('commits_per_second'):,.0f}",
+                ", ".join(f"{r['commits_per_second']:,.0f}" for r in runs),
+                f"{median('writer_latency_ms'):.2f}"]
+            if scenario == "none":
+                cells += ["-", "-", "-", "-", "-"]
+            else:
+                decoding = (f"{median('commit_to_listener_p50_ms'):.2f} / "
+                            f"{median('commit_to_listener_p99_ms'):.1f}" if scenario == "wal" else "-")
+                cells += [f"{median('push_p50_ms'):.2f} / {median('push_p99_ms'):.1f}", decoding,
+                          f"{sum(r['delivered'] for r in runs):,} / {sum(r['processed'] for r in runs):,}",
+                          f"{median('consumer_cpu'):.0%}",
+                          f"{median('walsender_cpu'):.0%}" if scenario == "wal" else "-"]
+            cells.append(", ".join(f"{r['load_average']:.1f}" for r in runs))
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -136,22 +136,35 @@ async def test_a_walsender_that_stops_answering_is_replaced(decoding_url, writer
         await recorder.until_announced(after, 1)
 
 
+@pytest.fixture
+async def blob_table(writers):
+    a, _ = writers
+    await a.execute("CREATE TABLE wal_test_blobs (id uuid PRIMARY KEY, body text)")
+    # Uncompressed: a 10 MB value is 10 MB of WAL to decode.
+    await a.execute("ALTER TABLE wal_test_blobs ALTER COLUMN body SET STORAGE EXTERNAL")
+    yield "wal_test_blobs"
+    await a.execute("DROP TABLE wal_test_blobs")
+
+
 async def test_a_transaction_of_10000_messages_and_one_with_a_10_mb_row_flow_and_the_listener_stays_live(
-        decoding_url, writers):
+        decoding_url, writers, blob_table):
     a, _ = writers
     executions = new_ids(100)
     big_row, afterwards = new_ids(2)
-    await a.execute("CREATE TABLE IF NOT EXISTS wal_test_blobs (id uuid PRIMARY KEY, body text)")
     async with listening(decoding_url) as (listener, recorder):
         # 10,000 messages in one transaction: seqs 1..100 of each of 100 executions.
         await a.execute("""
             SELECT count(pg_logical_emit_message(true, 'aiagent_live', e || ':' || seq))
             FROM unnest(%s::text[]) e, generate_series(1, 100) seq""", (executions,))
         await recorder.until(lambda: all(recorder.announced().get(e) == 100 for e in executions))
+        await a.execute("SELECT pg_current_wal_insert_lsn()")
+        before = (await a.fetchone())[0]
         await a.execute("BEGIN")
-        await a.execute("INSERT INTO wal_test_blobs VALUES (%s, repeat('x', 10 * 1024 * 1024))", (big_row,))
+        await a.execute(f"INSERT INTO {blob_table} VALUES (%s, repeat('x', 10 * 1024 * 1024))", (big_row,))
         await emit(a, f"{big_row}:1")
         await a.execute("COMMIT")
+        await a.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (before,))
+        assert (await a.fetchone())[0] > 10 * 1024 * 1024
         await recorder.until_announced(big_row, 1)
         await emit(a, f"{afterwards}:1")
         await recorder.until_announced(afterwards, 1, timeout=2)
