@@ -31,3 +31,11 @@ BEGIN
     PERFORM aiagent_announce(NEW.id::text, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
     RETURN NULL;
 END $$;
+
+-- The same trigger with the announcement removed: the baseline a source's ceiling is compared to.
+CREATE OR REPLACE FUNCTION bench_items_touch() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM NEW.id::text, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    RETURN NULL;
+END $$;

@@ -1,6 +1,7 @@
-"""pgbench, 8 clients updating single rows of a small table, three ways: no announcement; a trigger
-announcing with NOTIFY, pg_listener consuming; a trigger announcing with a transactional WAL message,
-wal_listener consuming. Commits/s and push latency, paced at 500/s and at saturation.
+"""pgbench, 8 clients updating single rows of a small table: with no trigger; with the trigger but
+its announcement removed; with a trigger announcing with NOTIFY, pg_listener consuming; with one
+announcing with a transactional WAL message, wal_listener consuming (and, to tell the decoding's own
+cost, nobody consuming). Commits/s and push latency, paced at 500/s and at saturation.
 
     .venv/bin/python -m bench.wal_vs_notify [--seconds 15] [--rounds 3] [--out FILE.md]
 
@@ -35,7 +36,9 @@ from service.push.wal_listener import APPLICATION_NAME, WalListener
 DATABASE = "wal_bench"
 CLIENTS = 8
 PACED_RATE = 500
-SCENARIOS = ("none", "notify", "wal")
+SCENARIOS = ("none", "trigger", "notify", "wal", "wal-unconsumed")
+# Paced, only what has a latency (and the writers' own for reference); at saturation, every scenario.
+PHASES = [(PACED_RATE, "none"), (PACED_RATE, "notify"), (PACED_RATE, "wal")] + [(None, s) for s in SCENARIOS]
 PGBENCH_SCRIPT = "\\set id random(1, 1000)\nUPDATE bench_items SET seq = seq + 1 WHERE id = :id;\n"
 LISTENER_SETTINGS = {"ping_seconds": 5.0, "backoff_min": 0.1, "backoff_max": 1.0, "coalesce_seconds": 0.010}
 
@@ -79,12 +82,13 @@ def prepare(server_url: str) -> str:
 
 def set_scenario(url: str, scenario: str) -> None:
     with contextlib.closing(admin(url)) as conn, conn.cursor() as cursor:
-        if scenario == "none":
-            cursor.execute("DROP TRIGGER IF EXISTS bench_items_announce ON bench_items")
-        else:
-            cursor.execute("CREATE OR REPLACE TRIGGER bench_items_announce AFTER UPDATE ON bench_items "
-                           "FOR EACH ROW EXECUTE FUNCTION bench_items_announce()")
-            cursor.execute(f"ALTER DATABASE {DATABASE} SET aiagent.change_source = %s", (scenario,))
+        cursor.execute("DROP TRIGGER IF EXISTS bench_items_announce ON bench_items")
+        if scenario != "none":
+            function = "bench_items_touch" if scenario == "trigger" else "bench_items_announce"
+            cursor.execute("CREATE TRIGGER bench_items_announce AFTER UPDATE ON bench_items "
+                           f"FOR EACH ROW EXECUTE FUNCTION {function}()")
+            source = "wal" if scenario.startswith("wal") else "notify"
+            cursor.execute(f"ALTER DATABASE {DATABASE} SET aiagent.change_source = %s", (source,))
         cursor.execute("VACUUM bench_items")
         cursor.execute("CHECKPOINT")
 
@@ -118,7 +122,7 @@ async def run_phase(url: str, scenario: str, rate: int | None, seconds: int, scr
     consumer = Consumer()
     listener = None
     task = None
-    if scenario != "none":
+    if scenario in ("notify", "wal"):
         kind = WalListener if scenario == "wal" else PgListener
         listener = consumer.listener = kind(url, consumer.on_batch, consumer.on_connect, **LISTENER_SETTINGS)
         task = asyncio.create_task(listener.run())
@@ -181,7 +185,7 @@ def report(phases: list[dict]) -> str:
                 f"{median('commits_per_second'):,.0f}",
                 ", ".join(f"{r['commits_per_second']:,.0f}" for r in runs),
                 f"{median('writer_latency_ms'):.2f}"]
-            if scenario == "none":
+            if scenario not in ("notify", "wal"):
                 cells += ["-", "-", "-", "-", "-"]
             else:
                 decoding = (f"{median('commit_to_listener_p50_ms'):.2f} / "
@@ -192,7 +196,27 @@ def report(phases: list[dict]) -> str:
                           f"{median('walsender_cpu'):.0%}" if scenario == "wal" else "-"]
             cells.append(", ".join(f"{r['load_average']:.1f}" for r in runs))
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + ceiling_ratios(phases))
+
+
+# Ceilings compared within a round, whose phases ran minutes apart at most: on shared cores the
+# ratios hold better than the figures.
+RATIOS = (("wal", "notify"), ("wal", "trigger"), ("notify", "trigger"), ("wal-unconsumed", "trigger"),
+          ("trigger", "none"))
+
+
+def ceiling_ratios(phases: list[dict]) -> list[str]:
+    lines = ["| round | " + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |",
+             "|---|" + "---|" * len(RATIOS)]
+    per_round = []
+    for round_number in sorted({p["round"] for p in phases}):
+        ceiling = {p["scenario"]: p["commits_per_second"] for p in phases
+                   if p["round"] == round_number and p["rate"] == "max"}
+        per_round.append([ceiling[a] / ceiling[b] for a, b in RATIOS])
+        lines.append(f"| {round_number} | " + " | ".join(f"{r:.2f}" for r in per_round[-1]) + " |")
+    medians = [statistics.median(column) for column in zip(*per_round)]
+    lines.append("| median | " + " | ".join(f"**{m:.2f}**" for m in medians) + " |")
+    return lines
 
 
 async def main(seconds: int, rounds: int, out: Path | None) -> None:
@@ -205,12 +229,10 @@ async def main(seconds: int, rounds: int, out: Path | None) -> None:
         phases = []
         for round_number in range(rounds):
             # Alternating order, so no scenario always runs on a warmer or a more bloated table.
-            order = SCENARIOS if round_number % 2 == 0 else tuple(reversed(SCENARIOS))
-            for rate in (PACED_RATE, None):
-                for scenario in order:
-                    phase = await run_phase(url, scenario, rate, seconds, script)
-                    print(json.dumps(phase), file=sys.stderr, flush=True)
-                    phases.append(phase)
+            for rate, scenario in PHASES if round_number % 2 == 0 else PHASES[::-1]:
+                phase = {"round": round_number + 1, **await run_phase(url, scenario, rate, seconds, script)}
+                print(json.dumps(phase), file=sys.stderr, flush=True)
+                phases.append(phase)
         table = report(phases)
         print(table)
         if out:
