@@ -1,6 +1,8 @@
 """The push path, read top down: a change in PostgreSQL reaches every socket watching it.
 
     pg_listener        one LISTEN connection per process: batches of {execution id: seq}
+      or wal_listener  one logical replication connection instead, decoding the triggers' WAL
+                       messages (pgoutput reads them; decoding_preflight checks the server first)
     subscription_hub   which sockets watch what; one read per batch (change_reader), one encoding
     messages           the wire format, built once per change
     socket_outbox      each socket's bounded queue, written at once or by a writer of its own

@@ -1,0 +1,253 @@
+"""The process's one logical replication connection: the triggers' WAL messages in, batches of
+changed executions out, with the same contract toward the hub as pg_listener."""
+
+import asyncio
+import os
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import psycopg2
+import psycopg2.extras
+import structlog
+
+from ..db import pg_async
+from . import pgoutput
+from .pg_listener import BACKLOG_WEIGHT, CHANNEL, GATHER_ABOVE, parse_payload
+
+log = structlog.get_logger(__name__)
+
+# The triggers announce with pg_logical_emit_message(true, 'aiagent_live', '<execution id>:<seq>'):
+# the prefix is the NOTIFY channel's name.
+PREFIX = CHANNEL.encode()
+# pgoutput refuses to start without a publication (PostgreSQL 18 only warns, at every reload);
+# the migrations create this one with no tables in it, as only the messages are wanted.
+PUBLICATION = "aiagent_live"
+APPLICATION_NAME = "aiagent-live wal listener"  # how operators (and tests) find it in pg_stat_replication
+# Every version from 14 on (the first whose pgoutput passes messages) accepts 1, and with
+# streaming off the messages read here are the same in every version.
+PROTO_VERSION = "1"
+# A transaction of many messages is read in slices, so the event loop runs between them.
+MAX_MESSAGES_PER_READ = 5000
+
+
+class WalListener:
+    """Decodes the triggers' transactional messages from a temporary slot of its own and hands
+    each drained batch of committed announcements to `on_batch`, in commit order.
+
+    The slot is temporary: it goes with the connection, so a crashed process leaves nothing behind
+    and retains no WAL; after every (re)connect `on_connect` re-reads what changed meanwhile, as
+    for pg_listener. Feedback confirms what was handed over, so the server can recycle WAL. A
+    connection quiet for `ping_seconds` is asked for a reply, and replaced when none comes.
+
+    Batches are gathered as pg_listener gathers them: at once while the consumer keeps up, for
+    `coalesce_seconds` while nearly every batch ends with the next already waiting.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        on_batch: Callable[[dict[str, int]], Awaitable[None]],
+        on_connect: Callable[[], Awaitable[object]],
+        *,
+        ping_seconds: float,
+        backoff_min: float,
+        backoff_max: float,
+        coalesce_seconds: float = 0.0,
+        feedback_seconds: float = 1.0,
+    ):
+        self._dsn = dsn
+        self._on_batch = on_batch
+        self._on_connect = on_connect
+        self._ping_seconds = ping_seconds
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self._coalesce_seconds = coalesce_seconds
+        self._feedback_seconds = max(feedback_seconds, 1.0)  # psycopg2's floor for status_interval
+        self._connected = asyncio.Event()
+        self.slot_name = ""
+        # Announcements of the transaction being read, and those committed but not handed over.
+        self._in_transaction: dict[str, int] = {}
+        self._committed: dict[str, int] = {}
+        self._committed_end_lsn = 0
+        self._newest_commit_time = 0.0
+        # Read at scrape time: what the metrics export.
+        self.reconnects = 0
+        self.messages_decoded = 0
+        self.gathered_batches = 0
+        self.decoded_lsn = 0  # every announcement before this WAL position has been handed over
+        self.server_lsn = 0  # the furthest WAL position the server has sent or reported
+        self.lag_seconds = 0.0  # from the newest handed-over commit to its handing over
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def lag_bytes(self) -> int:
+        """WAL the server has decoded and sent that is not handed over yet."""
+        return max(0, self.server_lsn - self.decoded_lsn)
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def run(self) -> None:
+        delay = self._backoff_min
+        while True:
+            conn = None
+            try:
+                conn = await pg_async.connect(
+                    self._dsn, timeout=self._ping_seconds, application_name=APPLICATION_NAME,
+                    connection_factory=psycopg2.extras.LogicalReplicationConnection)
+                await self._create_slot(conn)
+                cursor = await self._start_replication(conn)
+                self._connected.set()
+                log.info("wal_listener.connected", slot=self.slot_name, reconnects=self.reconnects)
+                delay = self._backoff_min
+                await self._on_connect()
+                await self._pump(cursor)
+            except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
+                log.warning("wal_listener.disconnected", error=type(exc).__name__, detail=str(exc)[:200])
+            finally:
+                self._connected.clear()
+                self._in_transaction.clear()
+                self._committed.clear()
+                if conn is not None:
+                    conn.close()
+            self.reconnects += 1
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, self._backoff_max)
+
+    async def _create_slot(self, conn) -> None:
+        """A temporary slot, ready once the server has found a consistent point to decode from.
+
+        That waits for the transactions running at the moment to end, and on a standby for the
+        primary to log its running transactions (every 15 s while it writes): it may take a while,
+        and is not bounded, but said in the log.
+        """
+        self.slot_name = f"aiagent_live_{os.getpid()}_{secrets.token_hex(4)}"
+        statement = asyncio.ensure_future(pg_async.execute(
+            conn, f"CREATE_REPLICATION_SLOT {self.slot_name} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            timeout=None))
+        try:
+            try:
+                async with asyncio.timeout(self._ping_seconds):
+                    await asyncio.shield(statement)
+            except TimeoutError:
+                log.warning("wal_listener.waiting_for_consistent_point", slot=self.slot_name,
+                            waited_seconds=self._ping_seconds)
+                await statement
+        finally:
+            statement.cancel()
+
+    async def _start_replication(self, conn):
+        cursor = conn.cursor()
+        cursor.start_replication(
+            slot_name=self.slot_name, decode=False, status_interval=self._feedback_seconds,
+            options={"proto_version": PROTO_VERSION, "publication_names": PUBLICATION, "messages": "true"})
+        await pg_async.until_ready(conn, self._ping_seconds)
+        return cursor
+
+    async def _pump(self, cursor) -> None:
+        """Reads what has arrived, hands over what is committed, confirms it; waits for more."""
+        backlog = 0.0  # the moving share of batches after which the next was already waiting
+        fd = cursor.fileno()
+        last_heard = time.monotonic()
+        while True:
+            arrived = self._read_arrived(cursor)
+            if arrived:
+                last_heard = time.monotonic()
+            if self._committed:
+                if self._coalesce_seconds and backlog > GATHER_ABOVE:
+                    self.gathered_batches += 1
+                    await asyncio.sleep(self._coalesce_seconds)
+                    self._read_arrived(cursor)
+                await self._hand_over(cursor)
+                waiting = self._read_arrived(cursor) > 0  # what came in while the batch was handled
+                backlog += BACKLOG_WEIGHT * (float(waiting) - backlog)
+            elif arrived == MAX_MESSAGES_PER_READ:
+                await asyncio.sleep(0)  # a long transaction is still coming in
+            elif not arrived:
+                if not self._in_transaction:
+                    self.decoded_lsn = max(self.decoded_lsn, self.server_lsn)  # caught up
+                # Woken at least every feedback_seconds: read_message() above sends the feedback
+                # that falls due. Quiet for long: make sure the server still answers (it replies to
+                # this at once, with a keepalive that read_message() eats).
+                if await _readable(fd, self._feedback_seconds):
+                    last_heard = time.monotonic()
+                elif time.monotonic() - last_heard >= self._ping_seconds:
+                    cursor.send_feedback(reply=True)
+                    if not await _readable(fd, self._ping_seconds):
+                        raise TimeoutError("the replication connection did not answer a ping")
+                    last_heard = time.monotonic()
+
+    def _read_arrived(self, cursor) -> int:
+        """Decodes the messages already arrived (a slice of them at most); how many there were."""
+        count = 0
+        while count < MAX_MESSAGES_PER_READ:
+            message = cursor.read_message()  # also sends feedback when due, and eats keepalives
+            if message is None:
+                break
+            count += 1
+            payload = message.payload
+            kind = payload[0]
+            if kind == pgoutput.MESSAGE:
+                decoded = pgoutput.read_message(payload)
+                # Non-transactional messages are decoded even when their transaction rolls back.
+                if decoded.transactional and decoded.prefix == PREFIX:
+                    self.messages_decoded += 1
+                    parsed = parse_payload(decoded.content.decode(errors="replace"))
+                    if parsed is not None:
+                        execution_id, seq = parsed
+                        if seq > self._in_transaction.get(execution_id, 0):
+                            self._in_transaction[execution_id] = seq
+            elif kind == pgoutput.COMMIT:
+                commit = pgoutput.read_commit(payload)
+                for execution_id, seq in self._in_transaction.items():
+                    if seq > self._committed.get(execution_id, 0):
+                        self._committed[execution_id] = seq
+                self._in_transaction.clear()
+                self._committed_end_lsn = commit.end_lsn
+                self._newest_commit_time = commit.commit_time
+            elif kind == pgoutput.BEGIN:
+                self._in_transaction.clear()
+            # Anything else (a table's change, were one published) is not for us.
+        self.server_lsn = max(self.server_lsn, cursor.wal_end)
+        return count
+
+    async def _hand_over(self, cursor) -> None:
+        batch, self._committed = self._committed, {}
+        try:
+            await self._on_batch(batch)
+        except Exception:  # a failed read must not kill the listener; the reconcile retries
+            log.exception("wal_listener.batch_failed", executions=len(batch))
+        self.lag_seconds = max(0.0, time.time() - self._newest_commit_time)
+        self.decoded_lsn = max(self.decoded_lsn, self._committed_end_lsn)
+        # Sent with the next status update (every feedback_seconds); the slot then lets the server
+        # recycle the WAL before it. Nothing is decoded again from it: the slot dies with us.
+        cursor.send_feedback(write_lsn=self.decoded_lsn, flush_lsn=self.decoded_lsn)
+
+
+async def _readable(fd: int, timeout: float) -> bool:
+    """Whether the socket became readable within `timeout`. Waited for once per wake-up, often once
+    per commit: one future and one timer (pg_async.ready_to under asyncio.timeout costs more)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, _settle, ready, True)
+    timer = loop.call_later(timeout, _settle, ready, False)
+    try:
+        return await ready
+    finally:
+        timer.cancel()
+        loop.remove_reader(fd)
+
+
+def _settle(future: asyncio.Future, value: bool) -> None:
+    if not future.done():
+        future.set_result(value)

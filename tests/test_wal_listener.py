@@ -1,0 +1,193 @@
+"""The WAL listener against a real PostgreSQL: committed announcements in commit order, nothing
+else; a lost walsender replaced; large transactions; feedback the server acts on."""
+
+import asyncio
+import os
+import signal
+import uuid
+
+import aiopg
+import pytest
+
+from .wal_decoding import emit, listening, prepare_for_decoding
+
+
+@pytest.fixture(scope="module")
+def decoding_url(database_url):
+    prepare_for_decoding(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def writers(decoding_url):
+    """Two plain connections, for transactions that interleave."""
+    async with aiopg.connect(decoding_url) as first, aiopg.connect(decoding_url) as second:
+        async with first.cursor() as a, second.cursor() as b:
+            yield a, b
+
+
+def new_ids(count: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+async def slot_walsender_pid(sql, slot_name: str) -> int | None:
+    await sql.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot_name,))
+    row = await sql.fetchone()
+    return row[0] if row else None
+
+
+async def test_committed_announcements_arrive_in_commit_order_not_begin_order(decoding_url, writers):
+    a, b = writers
+    first, second, third = new_ids(3)
+    async with listening(decoding_url) as (listener, recorder):
+        # `first` begins first and commits last; `second` announces two seqs and one of `third`.
+        await a.execute("BEGIN")
+        await emit(a, f"{first}:1")
+        await b.execute("BEGIN")
+        await emit(b, f"{second}:1", f"{second}:2", f"{third}:7")
+        await b.execute("COMMIT")
+        await recorder.until_announced(second, 2)
+        await a.execute("COMMIT")
+        await recorder.until_announced(first, 1)
+        # One execution over many commits: every seq in order, none twice, the last one last.
+        for seq in range(1, 51):
+            await emit(a, f"{first}:{seq + 1}")
+        await recorder.until_announced(first, 51)
+    assert recorder.batches[0] == {second: 2, third: 7}
+    assert recorder.batches[1] == {first: 1}
+    seen = [batch[first] for batch in recorder.batches if first in batch]
+    assert seen == sorted(set(seen)) and seen[-1] == 51
+    assert listener.messages_decoded == 1 + 3 + 50
+
+
+async def test_rolled_back_work_announces_nothing(decoding_url, writers):
+    a, _ = writers
+    rolled_back, in_savepoint, committed = new_ids(3)
+    async with listening(decoding_url) as (listener, recorder):
+        await a.execute("BEGIN")
+        await emit(a, f"{rolled_back}:1")
+        await a.execute("ROLLBACK")
+        await a.execute("BEGIN")
+        await a.execute("SAVEPOINT before")
+        await emit(a, f"{in_savepoint}:1")
+        await a.execute("ROLLBACK TO SAVEPOINT before")
+        await emit(a, f"{committed}:1")
+        await a.execute("COMMIT")
+        await recorder.until_announced(committed, 1)
+    assert recorder.announced() == {committed: 1}
+    assert listener.messages_decoded == 1
+
+
+async def test_other_prefixes_untransactional_messages_and_other_databases_are_ignored(decoding_url, writers):
+    a, _ = writers
+    other_database = f"wal_other_{uuid.uuid4().hex[:8]}"
+    await a.execute(f"CREATE DATABASE {other_database}")
+    try:
+        elsewhere, untransactional, other_prefix, ours = new_ids(4)
+        other_url = decoding_url.replace("/postgres?", f"/{other_database}?")
+        assert other_url != decoding_url
+        async with listening(decoding_url) as (listener, recorder):
+            async with aiopg.connect(other_url) as conn, conn.cursor() as other:
+                await emit(other, f"{elsewhere}:1")
+            await emit(a, f"{untransactional}:1", transactional=False)
+            await emit(a, f"{other_prefix}:1", prefix=b"aiagent_live_other")
+            await emit(a, f"{other_prefix}:2", prefix=b"aiagent")
+            await a.execute("BEGIN")
+            await emit(a, "not an announcement", f"{ours}:1", prefix=b"somebody_else")
+            await emit(a, f"{ours}:2")
+            await a.execute("COMMIT")
+            await recorder.until_announced(ours, 2)
+        assert recorder.batches == [{ours: 2}]
+        assert listener.messages_decoded == 1
+    finally:
+        await a.execute(f"DROP DATABASE {other_database} WITH (FORCE)")
+
+
+async def test_a_terminated_walsender_is_replaced_and_on_connect_called_again(decoding_url, writers):
+    a, _ = writers
+    before, after = new_ids(2)
+    async with listening(decoding_url) as (listener, recorder):
+        await emit(a, f"{before}:1")
+        await recorder.until_announced(before, 1)
+        first_slot = listener.slot_name
+        walsender = await slot_walsender_pid(a, first_slot)
+        await a.execute("SELECT pg_terminate_backend(%s)", (walsender,))
+        await recorder.until(lambda: recorder.connects == 2)
+        assert listener.connected and listener.reconnects == 1
+        # The temporary slot went with its connection: nothing left behind to retain WAL.
+        assert await slot_walsender_pid(a, first_slot) is None
+        assert await slot_walsender_pid(a, listener.slot_name) is not None
+        await emit(a, f"{after}:1")
+        await recorder.until_announced(after, 1)
+
+
+async def test_a_walsender_that_stops_answering_is_replaced(decoding_url, writers):
+    a, _ = writers
+    after = new_ids(1)[0]
+    async with listening(decoding_url, ping_seconds=1.0) as (listener, recorder):
+        walsender = await slot_walsender_pid(a, listener.slot_name)
+        os.kill(walsender, signal.SIGSTOP)  # alive to the kernel, silent to the listener
+        try:
+            await recorder.until(lambda: recorder.connects == 2, timeout=15)
+        finally:
+            os.kill(walsender, signal.SIGCONT)
+        assert listener.reconnects == 1
+        await emit(a, f"{after}:1")
+        await recorder.until_announced(after, 1)
+
+
+@pytest.fixture
+async def blob_table(writers):
+    a, _ = writers
+    await a.execute("CREATE TABLE wal_test_blobs (id uuid PRIMARY KEY, body text)")
+    # Uncompressed: a 10 MB value is 10 MB of WAL to decode.
+    await a.execute("ALTER TABLE wal_test_blobs ALTER COLUMN body SET STORAGE EXTERNAL")
+    yield "wal_test_blobs"
+    await a.execute("DROP TABLE wal_test_blobs")
+
+
+async def test_a_transaction_of_10000_messages_and_one_with_a_10_mb_row_flow_and_the_listener_stays_live(
+        decoding_url, writers, blob_table):
+    a, _ = writers
+    executions = new_ids(100)
+    big_row, afterwards = new_ids(2)
+    async with listening(decoding_url) as (listener, recorder):
+        # 10,000 messages in one transaction: seqs 1..100 of each of 100 executions.
+        await a.execute("""
+            SELECT count(pg_logical_emit_message(true, 'aiagent_live', e || ':' || seq))
+            FROM unnest(%s::text[]) e, generate_series(1, 100) seq""", (executions,))
+        await recorder.until(lambda: all(recorder.announced().get(e) == 100 for e in executions))
+        await a.execute("SELECT pg_current_wal_insert_lsn()")
+        before = (await a.fetchone())[0]
+        await a.execute("BEGIN")
+        await a.execute(f"INSERT INTO {blob_table} VALUES (%s, repeat('x', 10 * 1024 * 1024))", (big_row,))
+        await emit(a, f"{big_row}:1")
+        await a.execute("COMMIT")
+        await a.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (before,))
+        assert (await a.fetchone())[0] > 10 * 1024 * 1024
+        await recorder.until_announced(big_row, 1)
+        await emit(a, f"{afterwards}:1")
+        await recorder.until_announced(afterwards, 1, timeout=2)
+        assert listener.connected and listener.reconnects == 0
+    assert listener.messages_decoded == 10_000 + 2
+
+
+async def test_feedback_advances_the_slots_confirmed_flush_position(decoding_url, writers):
+    a, _ = writers
+    execution = new_ids(1)[0]
+    async with listening(decoding_url, feedback_seconds=1.0) as (listener, recorder):
+        await emit(a, f"{execution}:1")
+        await a.execute("SELECT pg_current_wal_lsn()")
+        committed_at = (await a.fetchone())[0]
+        await recorder.until_announced(execution, 1)
+
+        async def confirmed_past_commit() -> bool:
+            await a.execute(
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                (committed_at, listener.slot_name))
+            return (await a.fetchone())[0]
+
+        async with asyncio.timeout(5):
+            while not await confirmed_past_commit():
+                await asyncio.sleep(0.1)
+        assert listener.lag_bytes == 0 and 0 <= listener.lag_seconds < 5
