@@ -1,4 +1,4 @@
-"""Command line: serve, migrate, config, token, prune, psql, watch, demo-worker.
+"""Command line: serve, migrate, config, token, prune, announce, psql, watch, demo-worker.
 
 Only this module starts anything."""
 
@@ -16,6 +16,7 @@ from .auth import ROLES, issue_token
 from .config import Config, ConfigError, load_config, load_config_and_sources
 from .db.migrations import apply_migrations
 from .logging_config import configure_logging
+from .push.change_source import ChangeSourceRefused
 
 log = structlog.get_logger("service")
 
@@ -58,6 +59,9 @@ def serve(config: Config) -> None:
     development = config.embedded_database
     config = with_development_defaults(config)
     asyncio.run(apply_migrations(config.database_url))
+    from .push import change_source
+
+    asyncio.run(change_source.prepare(config))
     # uvloop: the event loop's own work (callbacks, timers, transport writes) is most of a fan-out.
     import uvloop
 
@@ -71,11 +75,11 @@ def serve(config: Config) -> None:
         from .api.dashboard_handlers import dev_token_key
 
         app[dev_token_key] = token  # the dashboard prefills it, for a browser on this machine only
-    uvloop.run(serve_until_signalled(app, config, on_ready=lambda: announce(config, token)))
+    uvloop.run(serve_until_signalled(app, config, on_ready=lambda: say_ready(config, token)))
     app[shutdown_key].exited_in_time()
 
 
-def announce(config: Config, token: str | None) -> None:
+def say_ready(config: Config, token: str | None) -> None:
     """The ready line; in development mode (a token) also the dashboard and commands to try."""
     base = f"http://{config.host}:{config.port}"
     log.info("server.ready", url=base, embedded_database=token is not None)
@@ -131,6 +135,17 @@ def psql(config: Config, args: list[str]) -> int:
     return subprocess.call([str(psql_binary()), config.database_url, *args])
 
 
+def announce(config: Config, through: str, force: bool) -> None:
+    """Set how the triggers announce changes (README: Switching the change source)."""
+    from .push import change_source
+
+    config = with_development_defaults(config)
+    asyncio.run(apply_migrations(config.database_url))
+    sources = ["notify", "wal"] if through == "both" else [through]
+    now = asyncio.run(change_source.switch(config, sources, force=force))
+    print(f"changes are announced through: {' and '.join(now)}")
+
+
 async def watch(config: Config, execution_id: str, since: int | None) -> None:
     """A minimal WebSocket client: print every message about one execution."""
     import aiohttp
@@ -161,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     prune_parser = commands.add_parser("prune", help="remove logs and node history of executions finished long ago")
     prune_parser.add_argument("--older-than", type=float, required=True, metavar="DAYS",
                        help="executions finished more than DAYS days ago (they themselves stay)")
+    announce_parser = commands.add_parser(
+        "announce", help="set how the database's triggers announce changes: notify, wal, or both while "
+                         "service processes move from one change source to the other")
+    announce_parser.add_argument("through", choices=("notify", "wal", "both"))
+    announce_parser.add_argument("--force", action="store_true",
+                                 help="drop a source even while service processes still listen through it")
     commands.add_parser("psql", help="psql against the configured database (extra arguments pass through)")
     watch_parser = commands.add_parser("watch", help="print the live messages of one execution")
     watch_parser.add_argument("execution_id")
@@ -198,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             counts = asyncio.run(prune(config, args.older_than))
             print(f"pruned {counts['executions']} execution(s): {counts['logs']} log line(s), "
                   f"{counts['node_events']} node event(s)")
+        elif args.command == "announce":
+            announce(config, args.through, args.force)
         elif args.command == "psql":
             return psql(config, extra)
         elif args.command == "demo-worker":
@@ -207,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(watch(config, args.execution_id, args.since))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ChangeSourceRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
         return 2
     return 0
 

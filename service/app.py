@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 
 import aiopg
+import psycopg2
 import structlog
 from aiohttp import WSCloseCode, web
 
@@ -11,10 +12,11 @@ from .api.cors import cors
 from .api.http_middlewares import json_errors, not_for_sockets, request_context
 from .cancellation import cancel_and_wait
 from .config import Config
+from .db import repository
 from .metrics import http_metrics, setup_metrics
+from .push.change_source import listener_for
 from .push.expiry_timer import ExpiryTimer
 from .push.heartbeat import Heartbeat
-from .push.pg_listener import PgListener
 from .push.socket_limits import SocketsPerSubject
 from .push.subscription_hub import SubscriptionHub
 from .routes import setup_routes
@@ -73,7 +75,7 @@ async def db_pool_ctx(app: web.Application):
 async def hub_ctx(app: web.Application):
     config = app[config_key]
     hub = SubscriptionHub(
-        app[db_pool_key], config.database_url, preview_limit=config.ws_output_preview_chars,
+        app[db_pool_key], config.push_dsn, preview_limit=config.ws_output_preview_chars,
         log_tail=config.ws_log_tail, metrics=app[metrics_key])
     app[hub_key] = hub
     yield
@@ -87,16 +89,24 @@ async def close_sockets(app: web.Application) -> None:
 
 
 async def listener_ctx(app: web.Application):
-    config, hub = app[config_key], app[hub_key]
-    listener = PgListener(
-        config.database_url,
-        on_batch=hub.on_notified,
-        on_connect=hub.reconcile,
-        ping_seconds=config.listener_ping_seconds,
-        backoff_min=config.listener_backoff_min_seconds,
-        backoff_max=config.listener_backoff_max_seconds,
-        coalesce_seconds=config.listener_coalesce_seconds,
-    )
+    config, hub, pool = app[config_key], app[hub_key], app[db_pool_key]
+
+    async def include_change_source() -> None:
+        # The triggers must announce through this process's source: a deployment switching
+        # sources announces through both until `aiagent-live announce` drops the old one.
+        try:
+            await repository.include_change_source(pool, config.change_source)
+        except psycopg2.Error as exc:  # the database is down: the next (re)connect tries again
+            log.warning("change_source.not_included", source=config.change_source, error=str(exc)[:200])
+
+    async def on_connect() -> None:
+        await include_change_source()
+        await hub.reconcile()
+
+    # Before the listener starts, so that every change committed once the app serves is announced
+    # through this source.
+    await include_change_source()
+    listener = listener_for(config, on_batch=hub.on_notified, on_connect=on_connect)
     app[listener_key] = listener
     async with background(listener.run(), app[shutdown_key]) as task:
         app[listener_task_key] = task

@@ -106,6 +106,13 @@ class Config:
     max_log_batch: int = setting(
         1000, "Most log lines one POST /api/v1/executions/{id}/logs may carry (413 beyond).",
         minimum=1, maximum=1_000_000)
+    change_source: str = setting(
+        "notify", "How the service hears of changes: notify (LISTEN; no server setting needed) or wal "
+        "(logical decoding of the triggers' WAL messages: writers commit without taking turns; needs "
+        "wal_level = logical, PostgreSQL 14+, a role with REPLICATION).", choices=("notify", "wal"))
+    push_database_url: str = setting(
+        "", "With change_source = wal: a hot standby (PostgreSQL 16+) that decodes the changes and serves "
+        "every read that feeds sockets; REST stays on database_url. Empty: database_url.", password=True)
     reconcile_interval_seconds: float = setting(
         10.0, "Seconds between reconciles, which re-read every subscribed execution in one query and "
         "catch a listener that died without an error.", minimum=0.01, maximum=86400)
@@ -131,6 +138,11 @@ class Config:
     @property
     def embedded_database(self) -> bool:
         return not self.database_url
+
+    @property
+    def push_dsn(self) -> str:
+        """Where the push path decodes and reads: the standby if one is named, else the database."""
+        return self.push_database_url or self.database_url
 
 
 ORDERED = (("db_pool_min", "db_pool_max"), ("listener_backoff_min_seconds", "listener_backoff_max_seconds"))
@@ -165,6 +177,11 @@ def load_config_and_sources(path: str | os.PathLike | None = None,
                 f"{lower} = {getattr(config, lower)} ({sources.get(lower, 'default')}) is more than "
                 f"{upper} = {getattr(config, upper)} ({sources.get(upper, 'default')}): "
                 f"{lower} must be at most {upper}")
+    if config.push_database_url and config.change_source != "wal":
+        raise ConfigError(
+            f"push_database_url ({sources['push_database_url']}) needs change_source = wal "
+            f"(it is {config.change_source}, {sources.get('change_source', 'default')}): a standby "
+            "cannot LISTEN, and its reads could lag behind what a notification announced")
     return config, sources
 
 

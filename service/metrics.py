@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
+from .push.wal_listener import WalListener
 from .typedefs import hub_key, listener_key, metrics_key
 
 # Commit-to-send latency buckets: push is meant to take milliseconds; the tail shows reconciles.
@@ -61,19 +62,34 @@ class AppStateCollector:
 
     def collect(self):
         listener = self._app.get(listener_key)
-        if listener is not None:
+        if isinstance(listener, WalListener):
+            yield CounterMetricFamily(
+                "aiagent_wal_messages_decoded",
+                "The triggers' WAL messages the replication connection decoded.",
+                value=listener.messages_decoded)
+            yield GaugeMetricFamily(
+                "aiagent_wal_decoding_lag_bytes",
+                "WAL the server has written that the listener has not handed over yet (as of the last "
+                "message or keepalive the server sent).", value=listener.lag_bytes)
+            yield GaugeMetricFamily(
+                "aiagent_wal_decoding_lag_seconds",
+                "From the newest handed-over transaction's commit to its handing over to the hub.",
+                value=listener.lag_seconds)
+        elif listener is not None:
             yield CounterMetricFamily(
                 "aiagent_listener_notifications", "Notifications the LISTEN connection received.",
                 value=listener.notifications)
+        if listener is not None:
             yield CounterMetricFamily(
-                "aiagent_listener_gathered_batches",
-                "Batches the listener gathered for listener_coalesce_seconds: changes came faster than reads.",
+                "aiagent_listener_gathered_batches", "Batches the listener gathered for "
+                "listener_coalesce_seconds: changes came faster than reads.",
                 value=listener.gathered_batches)
             yield CounterMetricFamily(
-                "aiagent_listener_reconnects", "Times the LISTEN connection was lost and reopened.",
-                value=listener.reconnects)
+                "aiagent_listener_reconnects", "Times the listener's connection (LISTEN or replication, with "
+                "its slot) was lost and reopened.", value=listener.reconnects)
             yield GaugeMetricFamily(
-                "aiagent_listener_connected", "1 while the LISTEN connection is up.",
+                "aiagent_listener_connected",
+                "1 while the listener's connection is up (and decoding, for wal).",
                 value=1 if listener.connected else 0)
         hub = self._app.get(hub_key)
         if hub is not None:

@@ -7,9 +7,9 @@ import aiopg
 from aiohttp import web
 
 from .config import Config
+from .push.change_source import ChangeListener
 from .push.expiry_timer import ExpiryTimer
 from .push.heartbeat import Heartbeat
-from .push.pg_listener import PgListener
 from .push.socket_limits import SocketsPerSubject
 from .push.subscription_hub import SubscriptionHub
 from .shutdown import Shutdown
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # metrics.py imports this module
 config_key = web.AppKey("config", Config)
 db_pool_key = web.AppKey("db_pool", aiopg.Pool)
 hub_key = web.AppKey("hub", SubscriptionHub)
-listener_key = web.AppKey("listener", PgListener)
+listener_key = web.AppKey("listener", ChangeListener)
 # The listener's run() task: done means it crashed, and the systemd watchdog stops pinging.
 listener_task_key = web.AppKey("listener_task", asyncio.Task)
 metrics_key: web.AppKey["Metrics"] = web.AppKey("metrics")

@@ -31,12 +31,30 @@ def database_url(tmp_path_factory):
         server.cleanup()
 
 
+CHANGE_SOURCES = ("notify", "wal")
+
+
+def pytest_generate_tests(metafunc):
+    """Tests of a module marked `both_change_sources` run once per change source."""
+    if "change_source" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_change_sources"):
+        metafunc.parametrize("change_source", CHANGE_SOURCES)
+
+
 @pytest.fixture
-def config(database_url) -> Config:
+def change_source() -> str:
+    """How the test's app hears of changes; both, in the modules marked `both_change_sources`."""
+    return "notify"
+
+
+@pytest.fixture
+def config(database_url, change_source) -> Config:
     return Config(
         database_url=database_url,
         jwt_secret=JWT_SECRET,
-        reconcile_interval_seconds=1.0,
+        change_source=change_source,
+        # Long enough that a push test passes through the change source, not the reconcile: tests
+        # of the reconcile ask for a shorter one.
+        reconcile_interval_seconds=30.0,
         listener_ping_seconds=1.0,
         listener_backoff_min_seconds=0.05,
         listener_backoff_max_seconds=0.5,

@@ -11,6 +11,8 @@ from service.push.read_batcher import ReadBatcher
 
 from .test_metrics import scrape, value
 
+pytestmark = pytest.mark.both_change_sources
+
 # -- the batcher on its own ------------------------------------------------------------------
 
 class Reads:

@@ -2,8 +2,12 @@
 
 import asyncio
 
+import pytest
+
 from .actors import Actor
 from .test_push import next_json, next_status
+
+pytestmark = pytest.mark.both_change_sources
 
 
 def feed_socket(actor: Actor, token: str | None = None):

@@ -14,6 +14,8 @@ from service.db.state_machine import ILLEGAL_CHANGE
 from .actors import Actor, token_for
 from .test_push import drain, next_json, next_status
 
+pytestmark = pytest.mark.both_change_sources
+
 
 async def execute(sql, statement: str, *params):
     await sql.execute(statement, params)

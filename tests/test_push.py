@@ -13,6 +13,8 @@ from service.typedefs import hub_key
 
 from .actors import Actor, token_for
 
+pytestmark = pytest.mark.both_change_sources
+
 LEGACY_STATUS_FIELDS = {"type", "execution_id", "status", "progress", "message", "result", "error", "execution_time"}
 
 

@@ -5,6 +5,7 @@ import asyncio
 import struct
 
 import aiopg
+import pytest
 from aiohttp import WSMsgType
 from prometheus_client import CollectorRegistry, Counter
 
@@ -17,6 +18,8 @@ from .actors import Actor
 from .test_metrics import scrape, value
 from .test_nodes_logs import multiplexed
 from .test_push import drain_snapshot, next_json, next_status
+
+pytestmark = pytest.mark.both_change_sources
 
 
 class FakeTransport:

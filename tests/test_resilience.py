@@ -7,20 +7,23 @@ import socket
 import struct
 
 import aiopg
+import pytest
 from aiohttp import WSMsgType
 
-from service.push.pg_listener import APPLICATION_NAME
+from service.push import pg_listener, wal_listener
 
 from .actors import Actor
 from .test_push import next_status
+
+pytestmark = pytest.mark.both_change_sources
 
 
 async def terminate_listener(database_url: str) -> None:
     async with aiopg.connect(database_url, enable_hstore=False) as conn:
         async with conn.cursor() as cur:
             await cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                (APPLICATION_NAME,))
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY(%s)",
+                ([pg_listener.APPLICATION_NAME, wal_listener.APPLICATION_NAME],))
 
 
 async def readiness(client) -> int:

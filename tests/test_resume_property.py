@@ -6,6 +6,7 @@ import dataclasses
 
 import aiopg
 import psycopg2
+import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, example, given, settings
@@ -15,6 +16,8 @@ from service.app import create_app
 from service.db.state_machine import ILLEGAL_CHANGE, NODE_TRANSITIONS
 
 from .actors import Actor
+
+pytestmark = pytest.mark.both_change_sources
 
 NODES = ("a", "b", "c")
 OPERATIONS = st.lists(st.one_of(

@@ -7,12 +7,17 @@ import contextlib
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from service.push.pg_listener import APPLICATION_NAME
+from service.push import pg_listener, wal_listener
 from service.typedefs import listener_key
 
 from .actors import Actor
 from .test_metrics import scrape, value
 from .test_push import next_status
+
+pytestmark = pytest.mark.both_change_sources
+
+# What each change source's connection says in its startup packet.
+LISTENER_NAMES = (pg_listener.APPLICATION_NAME.encode(), wal_listener.APPLICATION_NAME.encode())
 
 
 class FreezableProxy:
@@ -50,7 +55,7 @@ class FreezableProxy:
 
     async def _pipe(self, reader, writer, connection, inspect: bool):
         while data := await reader.read(65536):
-            if inspect and APPLICATION_NAME.encode() in data:
+            if inspect and any(name in data for name in LISTENER_NAMES):
                 connection["listener"] = True
             while connection["frozen"]:
                 await asyncio.sleep(0.05)  # hold the bytes: nothing arrives, nothing fails

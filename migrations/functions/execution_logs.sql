@@ -9,7 +9,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION execution_logs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM notify_change(NEW.execution_id, NEW.seq);
+    PERFORM announce_change(NEW.execution_id, NEW.seq);
     RETURN NULL;
 END $$;
 

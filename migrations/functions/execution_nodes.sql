@@ -54,7 +54,7 @@ BEGIN
                              output_preview, output_size)
     VALUES (NEW.execution_id, NEW.seq, NEW.node_id, NEW.status, NEW.attempt, NEW.started_at, NEW.finished_at,
             NEW.error, node_output_preview(output_text), length(output_text));
-    PERFORM notify_change(NEW.execution_id, NEW.seq);
+    PERFORM announce_change(NEW.execution_id, NEW.seq);
 
     -- Progress follows the nodes until a worker sets it: the share of the nodes that are done.
     -- The execution's row is locked since this change claimed its seq, so the count is current.

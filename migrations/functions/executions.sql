@@ -146,7 +146,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION executions_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM notify_change(NEW.id, NEW.seq);
+    PERFORM announce_change(NEW.id, NEW.seq);
     RETURN NULL;
 END $$;
 

@@ -1,5 +1,6 @@
 -- The state machines of executions and nodes, and the few names every trigger shares: the
--- SQLSTATEs they raise, the channel they notify on, how much of a node's output history keeps.
+-- SQLSTATEs they raise and how much of a node's output history keeps (the channel they announce
+-- on is in announcement.sql).
 -- Each is said here once. A new status also needs the CHECK constraint of a versioned migration,
 -- and service/db/state_machine.py, which tests/test_state_machine_source.py holds to what the
 -- database enforces.
@@ -52,12 +53,6 @@ CREATE OR REPLACE FUNCTION raise_no_such_execution(execution_id uuid) RETURNS vo
 BEGIN
     RAISE EXCEPTION USING MESSAGE = format('no execution %s', execution_id), ERRCODE = 'AL404';
 END $$;
-
--- Every event's hint on channel aiagent_live: "<execution id>:<seq>", never the row (NOTIFY
--- payloads must stay under 8000 bytes, and results can be megabytes); the service reads the rest.
-CREATE OR REPLACE FUNCTION notify_change(execution_id uuid, seq bigint) RETURNS void LANGUAGE sql AS $$
-    SELECT pg_notify('aiagent_live', execution_id::text || ':' || seq::text)
-$$;
 
 -- The start of a node's output (as JSON text) that its history keeps and a snapshot sends: a
 -- bound on what one event reads, whatever the output's size.

@@ -206,6 +206,25 @@ async def cancel_execution(pool: aiopg.Pool, execution_id: str) -> dict | None:
     return await get_execution(pool, execution_id)
 
 
+async def include_change_source(pool: aiopg.Pool, source: str) -> list[str]:
+    """Make the triggers announce through `source` too; the sources now in force."""
+    return (await _fetch_one(pool, "SELECT include_change_source(%s) AS sources", (source,)))["sources"]
+
+
+async def set_change_sources(pool: aiopg.Pool, sources: list[str]) -> list[str]:
+    """Make the triggers announce through exactly these sources; the sources now in force."""
+    return (await _fetch_one(pool, "SELECT set_change_sources(%s) AS sources", (sources,)))["sources"]
+
+
+async def change_listeners(pool: aiopg.Pool, application_names: list[str]) -> dict[str, int]:
+    """How many connections to this database each application name has open (service listeners)."""
+    rows = await _fetch(
+        pool, "SELECT application_name, count(*) AS n FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = ANY(%s) GROUP BY application_name",
+        (application_names,))
+    return {row["application_name"]: row["n"] for row in rows}
+
+
 async def prune_history(pool: aiopg.Pool, older_than_days: float) -> dict[str, int]:
     """Remove logs and node history of executions finished before the cutoff; they stay readable."""
     return await _fetch_one(

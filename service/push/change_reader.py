@@ -70,12 +70,14 @@ CATCH_UP = f"""
 """
 
 
-# The status rows the executions feed needs, only of executions whose owner has a feed open ($2;
-# NULL while a worker or admin, who sees them all, has one).
+# Each announced execution's seq, so the hub knows what is visible yet, and the status row the
+# executions feed needs, only for executions whose owner has a feed open ($2; NULL while a worker
+# or admin, who sees them all, has one).
 FEED_STATUSES = f"""
-    SELECT e.id::text, e.status_seq, row_to_json(s)
+    SELECT e.id::text, e.seq, e.status_seq,
+           CASE WHEN $2 IS NULL OR e.owner = ANY($2) THEN row_to_json(s) END
     FROM executions e, LATERAL (SELECT {EXECUTION_COLUMNS}) s
-    WHERE e.id = ANY($1) AND ($2 IS NULL OR e.owner = ANY($2))
+    WHERE e.id = ANY($1)
 """
 
 # How long a hub read may take before its connection counts as dead (aiopg's default, kept).
@@ -141,7 +143,8 @@ class PreparedReader:
                                    (ids, [after[i] for i in ids]))
 
     async def feed_statuses(self, execution_ids: list[str], owners: list[str] | None) -> list[tuple]:
-        """Rows (execution_id, status_seq, data) of the executions owned by one of `owners` (None: any)."""
+        """Rows (execution_id, seq, status_seq, data) of the executions visible now; data only for
+        those owned by one of `owners` (None: any)."""
         return await self._execute("EXECUTE feed_statuses(%s::uuid[], %s::text[])", (execution_ids, owners))
 
     async def execution_seqs(self, execution_ids: list[str]) -> dict[str, int]:

@@ -25,6 +25,11 @@ log = structlog.get_logger(__name__)
 FEW_WATCHERS = 8
 FEED_MEMORY = 10_000  # executions whose last fed status is remembered, to not feed it twice
 CATCH_UP_BATCH = 100  # distinct first reads in one statement at most: bounds what one slow read holds up
+# With the wal source, a change can be announced a moment before other sessions see it: the
+# walsender decodes a commit once its record is flushed, and the committing backend makes it
+# visible just after (NOTIFY is delivered after that). A read that finds less than was announced is
+# made again after each of these pauses; what is still not visible after them is the reconcile's.
+VISIBILITY_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5)
 LIVE_READER = "aiagent-live hub"
 CATCH_UP_READER = "aiagent-live catch-up"
 
@@ -192,17 +197,33 @@ class SubscriptionHub:
     # -- changes -----------------------------------------------------------------------------
 
     async def on_notified(self, announced: dict[str, int]) -> None:
-        """The listener's batch: execution id -> highest seq announced. Reads only what is news."""
-        stale = {}
+        """The listener's batch: execution id -> highest seq announced. Reads only what is news,
+        and again, after short pauses, what was announced but is not visible yet."""
         for execution_id, seq in announced.items():
             if execution_id in self._watchers:
                 self._announced[execution_id] = max(seq, self._announced.get(execution_id, 0))
-                if seq > self._published.get(execution_id, 0):
-                    stale[execution_id] = self._published.get(execution_id, 0)
+        unseen = await self._deliver(announced)
+        for pause in VISIBILITY_PAUSES:
+            if not unseen:
+                return
+            await asyncio.sleep(pause)
+            unseen = await self._deliver(unseen)
+        if unseen:
+            # Left to the reconcile (a row deleted meanwhile also ends here).
+            log.warning("hub.announced_change_not_visible", executions=len(unseen))
+
+    async def _deliver(self, announced: dict[str, int]) -> dict[str, int]:
+        """Offer what is news in `announced`; returns the announcements not visible to a read yet."""
+        published = self._published
+        stale = {eid: published.get(eid, 0) for eid, seq in announced.items()
+                 if eid in self._watchers and seq > published.get(eid, 0)}
         if stale:
             await self._read_and_publish(stale)
+        unseen = {eid: announced[eid] for eid in stale
+                  if eid in self._watchers and announced[eid] > published.get(eid, 0)}
         if self._feeds:
-            await self._feed(list(announced))
+            unseen.update(await self._feed(announced))
+        return unseen
 
     async def reconcile(self) -> int:
         """Re-read every watched execution that moved; returns how many had moved without being announced."""
@@ -254,13 +275,17 @@ class SubscriptionHub:
                 if event.committed_at is not None:
                     self.metrics.commit_to_send_seconds.observe(max(0.0, at - _epoch(event.committed_at)))
 
-    async def _feed(self, execution_ids: list[str]) -> None:
-        """Status changes for the feed subscribers allowed to see them: one read of only the
-        executions whose owner has a feed open (any, while a worker or admin has one)."""
+    async def _feed(self, announced: dict[str, int]) -> dict[str, int]:
+        """Status changes for the feed subscribers allowed to see them: one read, whose rows carry
+        data only for executions whose owner has a feed open (any, while a worker or admin has
+        one). Returns the announcements not visible to it yet."""
         by_viewer = self._feeds_by_viewer
         owners = None if None in by_viewer else list(by_viewer)
-        for execution_id, status_seq, data in await self._reader.feed_statuses(execution_ids, owners):
-            if self._fed.get(execution_id, 0) >= status_seq:
+        unseen = dict(announced)
+        for execution_id, seq, status_seq, data in await self._reader.feed_statuses(list(announced), owners):
+            if seq >= announced[execution_id]:
+                del unseen[execution_id]
+            if data is None or self._fed.get(execution_id, 0) >= status_seq:
                 continue
             self._fed[execution_id] = status_seq
             self._fed.move_to_end(execution_id)
@@ -273,6 +298,7 @@ class SubscriptionHub:
                         event = event or event_from_parts("status", execution_id, status_seq, data,
                                                           self._preview_limit, terminal=False)
                         outbox.offer_feed(event)
+        return unseen
 
     async def close(self) -> None:
         await self._catch_ups.close()
