@@ -76,7 +76,7 @@ async def hub_ctx(app: web.Application):
     config = app[config_key]
     hub = SubscriptionHub(
         app[db_pool_key], config.push_dsn, preview_limit=config.ws_output_preview_chars,
-        log_tail=config.ws_log_tail, metrics=app[metrics_key])
+        log_tail=config.ws_log_tail, metrics=app[metrics_key], standby=bool(config.push_database_url))
     app[hub_key] = hub
     yield
     await app[shutdown_key].bound("hub", hub.close())
@@ -106,7 +106,7 @@ async def listener_ctx(app: web.Application):
     # Before the listener starts, so that every change committed once the app serves is announced
     # through this source.
     await include_change_source()
-    listener = listener_for(config, on_batch=hub.on_notified, on_connect=on_connect)
+    listener = listener_for(config, pool, on_batch=hub.on_notified, on_connect=on_connect)
     app[listener_key] = listener
     async with background(listener.run(), app[shutdown_key]) as task:
         app[listener_task_key] = task

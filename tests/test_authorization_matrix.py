@@ -4,7 +4,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from .actors import Actor
-from .test_push import next_json, next_status
+from .helpers import next_json, next_status
 
 REST_ROUTES = [
     ("GET", "/api/v1/executions/{id}", None),

@@ -9,7 +9,7 @@ from aiohttp import WSMsgType
 
 from service.push.read_batcher import ReadBatcher
 
-from .test_metrics import scrape, value
+from .helpers import scrape, value
 
 pytestmark = pytest.mark.both_change_sources
 

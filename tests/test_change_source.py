@@ -10,7 +10,6 @@ import sys
 
 import psycopg2
 import pytest
-from aiohttp import WSMsgType
 
 from service.app import create_app
 from service.db import repository
@@ -21,54 +20,9 @@ from service.typedefs import db_pool_key
 
 from .actors import JWT_SECRET, token_for
 from .databases import cursor, empty_database, fetch_all
+from .helpers import Follower
 
 EXECUTIONS = 4
-
-
-class Follower:
-    """One browser tab watching one execution across servers: it reconnects with `since` and
-    keeps every node and log event's seq, in the order received."""
-
-    def __init__(self, execution_id: str, token: str):
-        self.execution_id = execution_id
-        self.token = token
-        self.seqs: list[int] = []  # node and log events, every connection
-        self.last_seq = 0  # of any message, for `since`
-        self._task: asyncio.Task | None = None
-
-    async def follow(self, client) -> None:
-        """Connect to `client`'s server (leaving the previous one) and stay until told to move."""
-        await self.leave()
-        params = {"access_token": self.token}
-        if self.last_seq:
-            params["since"] = str(self.last_seq)
-        ws = await client.ws_connect(f"/api/v1/ws/executions/{self.execution_id}", params=params)
-        # Answered after what the server queued on connect: from then on the socket is live.
-        await ws.send_json({"type": "ping"})
-        while (message := await ws.receive_json(timeout=5))["type"] != "pong":
-            self.note(message, snapshot=not self.last_seq)
-        self._task = asyncio.create_task(self._read(ws))
-
-    def note(self, message: dict, snapshot: bool = False) -> None:
-        seq = message.get("seq")
-        if seq is None:
-            return
-        if message["type"] in ("node", "log") and not snapshot:
-            self.seqs.append(seq)
-        self.last_seq = max(self.last_seq, seq)
-
-    async def _read(self, ws) -> None:
-        try:
-            while (msg := await ws.receive()).type == WSMsgType.TEXT:
-                self.note(msg.json())
-        finally:
-            await ws.close()
-
-    async def leave(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
 
 async def write_logs(url: str, execution_ids: list[str], stop: asyncio.Event) -> None:
@@ -96,13 +50,13 @@ async def test_switching_notify_to_wal_and_back_under_writes_delivers_every_even
                      "RETURNING id::text", (workflow_id, owner, EXECUTIONS))]
         followers = [Follower(execution_id, token_for(owner)) for execution_id in execution_ids]
 
-        first = await aiohttp_client(create_app(dataclasses.replace(base, change_source="notify")))
+        serving = await aiohttp_client(create_app(dataclasses.replace(base, change_source="notify")))
         for follower in followers:
-            await follower.follow(first)
+            await follower.follow(serving)
         stop = asyncio.Event()
         writer = asyncio.create_task(write_logs(url, execution_ids, stop))
         try:
-            for source, leaving in (("wal", first), ("notify", None)):
+            for source in ("wal", "notify"):
                 await asyncio.sleep(0.3)
                 # The new instance makes the triggers announce through its source too ...
                 arriving = await aiohttp_client(create_app(dataclasses.replace(base, change_source=source)))
@@ -112,11 +66,10 @@ async def test_switching_notify_to_wal_and_back_under_writes_delivers_every_even
                 # ... the sockets move to it, the old instance stops, and its source is dropped.
                 for follower in followers:
                     await follower.follow(arriving)
-                old = leaving or previous
-                await old.close()
+                await serving.close()
+                serving = arriving
                 await asyncio.sleep(0.3)
-                assert await change_source.switch(dataclasses.replace(base), [source], force=False) == [source]
-                previous = arriving
+                assert await change_source.switch(base, [source], force=False) == [source]
         finally:
             stop.set()
             await writer

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from .actors import Actor
-from .test_push import next_json, next_status
+from .helpers import next_json, next_status
 
 pytestmark = pytest.mark.both_change_sources
 

@@ -7,7 +7,7 @@ import asyncio
 from service.typedefs import hub_key, listener_task_key
 
 from .actors import Actor
-from .test_push import next_json, next_status
+from .helpers import next_json, next_status
 
 
 async def without_listener(client):

@@ -2,25 +2,7 @@
 
 import asyncio
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from .test_push import next_json, next_status
-from .test_resilience import terminate_listener
-
-
-async def scrape(client) -> dict[tuple[str, tuple], float]:
-    response = await client.get("/metrics")
-    assert response.status == 200
-    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    samples = {}
-    for family in text_string_to_metric_families(await response.text()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+from .helpers import next_json, next_status, scrape, terminate_listener, value
 
 
 async def test_requests_by_route_and_status_sockets_subscriptions_and_listener(client, user, sql, config):

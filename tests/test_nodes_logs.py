@@ -10,9 +10,10 @@ import pytest
 from aiohttp import WSMsgType
 
 from service.db.state_machine import ILLEGAL_CHANGE
+from service.typedefs import hub_key
 
 from .actors import Actor, token_for
-from .test_push import drain, next_json, next_status
+from .helpers import drain, multiplexed, next_json, next_status
 
 pytestmark = pytest.mark.both_change_sources
 
@@ -239,9 +240,6 @@ async def test_resume_older_than_retention_gets_a_resync_snapshot(user, worker, 
 
 # -- one socket, many executions -------------------------------------------------------------
 
-def multiplexed(actor: Actor, token: str | None = None):
-    return actor.client.ws_connect("/api/v1/ws", params={"access_token": token or actor.token})
-
 
 async def test_one_socket_watches_many_executions(user, worker, other_user):
     first, second = await user.create_execution(), await user.create_execution()
@@ -327,7 +325,7 @@ async def test_subscription_limit_and_a_subscribe_flood(client_with):
             await ws.send_json({"type": "unsubscribe", "execution_id": executions[0]["id"]})
         replies = [await next_json(ws) for _ in range(300)]
         assert all(r["type"] == "unsubscribed" for r in replies)
-        hub = client.app[__import__("service.typedefs", fromlist=["hub_key"]).hub_key]
+        hub = client.app[hub_key]
         assert hub.subscription_count == 2, "the flood left nothing behind"
 
 

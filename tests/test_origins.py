@@ -6,7 +6,7 @@ import pytest
 from service.config import ConfigError, load_config
 
 from .actors import Actor
-from .test_push import next_json
+from .helpers import next_json
 
 APP_ORIGIN = "https://app.example.com"
 EVIL_ORIGIN = "https://evil.example.net"

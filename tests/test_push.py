@@ -12,51 +12,11 @@ from service.push.subscription_hub import FEW_WATCHERS
 from service.typedefs import hub_key
 
 from .actors import Actor, token_for
+from .helpers import drain, drain_snapshot, next_json, next_status, until_status
 
 pytestmark = pytest.mark.both_change_sources
 
 LEGACY_STATUS_FIELDS = {"type", "execution_id", "status", "progress", "message", "result", "error", "execution_time"}
-
-
-async def next_json(ws, timeout: float = 5.0) -> dict:
-    msg = await ws.receive(timeout=timeout)
-    assert msg.type == WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data!r} {msg.extra!r}"
-    return msg.json()
-
-
-async def next_status(ws, timeout: float = 5.0) -> dict:
-    """The next `status` message, skipping node and log messages (as an old client does)."""
-    while True:
-        message = await next_json(ws, timeout)
-        if message["type"] == "status":
-            return message
-
-
-async def drain(ws) -> list[dict]:
-    """Every message until the server closes the socket."""
-    received = []
-    while (msg := await ws.receive(timeout=5)).type == WSMsgType.TEXT:
-        received.append(msg.json())
-    assert msg.type == WSMsgType.CLOSE, msg
-    return received
-
-
-async def drain_snapshot(ws, nodes: int = 2) -> list[dict]:
-    """The connect snapshot of an execution with no log lines: the status, then each node."""
-    received = [await next_json(ws) for _ in range(1 + nodes)]
-    assert [m["type"] for m in received] == ["status"] + ["node"] * nodes
-    return received
-
-
-async def until_status(ws, status: str, timeout: float = 5.0) -> list[dict]:
-    """Collect status messages until one has the given status."""
-    seen = []
-    while True:
-        message = await next_json(ws, timeout)
-        if message["type"] == "status":
-            seen.append(message)
-            if message["status"] == status:
-                return seen
 
 
 async def test_snapshot_then_sql_update_then_final_close(user, sql):

@@ -15,9 +15,7 @@ from service.push.subscription_hub import CATCH_UP_READER, LIVE_READER
 from service.typedefs import hub_key
 
 from .actors import Actor
-from .test_metrics import scrape, value
-from .test_nodes_logs import multiplexed
-from .test_push import drain_snapshot, next_json, next_status
+from .helpers import drain_snapshot, multiplexed, next_json, next_status, scrape, value
 
 pytestmark = pytest.mark.both_change_sources
 

@@ -1,34 +1,15 @@
 """The push path survives a killed listener and a client that stops reading."""
 
 import asyncio
-import base64
-import os
-import socket
 import struct
 
-import aiopg
 import pytest
 from aiohttp import WSMsgType
 
-from service.push import pg_listener, wal_listener
-
 from .actors import Actor
-from .test_push import next_status
+from .helpers import NeverReadingClient, next_status, readiness, terminate_listener
 
 pytestmark = pytest.mark.both_change_sources
-
-
-async def terminate_listener(database_url: str) -> None:
-    async with aiopg.connect(database_url, enable_hstore=False) as conn:
-        async with conn.cursor() as cur:
-            await cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY(%s)",
-                ([pg_listener.APPLICATION_NAME, wal_listener.APPLICATION_NAME],))
-
-
-async def readiness(client) -> int:
-    response = await client.get("/readyz")
-    return response.status
 
 
 async def test_killed_listener_reconnects_and_every_socket_ends_with_the_latest_state(
@@ -94,42 +75,6 @@ async def test_reconcile_delivers_what_no_notification_announced(client_with, co
                           (execution["id"],))
         message = await next_status(ws, timeout=5)
         assert (message["message"], message["seq"]) == ("unannounced", 2)
-
-
-class NeverReadingClient:
-    """A WebSocket client on a raw socket that completes the handshake and then stops reading."""
-
-    def __init__(self, port: int, path: str):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode())
-        self.buffer = b""
-        while b"\r\n\r\n" not in self.buffer:
-            self.buffer += self.sock.recv(1)
-        assert self.buffer.startswith(b"HTTP/1.1 101"), self.buffer
-        self.buffer = b""
-
-    def read_all_frames(self) -> list[tuple[int, bytes]]:
-        """Now read everything the server sent, to its end; returns (opcode, payload) pairs."""
-        self.sock.settimeout(10)
-        while chunk := self.sock.recv(1 << 20):
-            self.buffer += chunk
-        frames, data = [], self.buffer
-        while len(data) >= 2:
-            opcode, length, offset = data[0] & 0x0F, data[1] & 0x7F, 2
-            if length == 126:
-                length, offset = struct.unpack(">H", data[2:4])[0], 4
-            elif length == 127:
-                length, offset = struct.unpack(">Q", data[2:10])[0], 10
-            frames.append((opcode, data[offset:offset + length]))
-            data = data[offset + length:]
-        return frames
-
-    def close(self):
-        self.sock.close()
 
 
 async def test_a_client_that_never_reads_is_closed_1013_without_delaying_others(client, user, sql, config):

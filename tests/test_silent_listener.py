@@ -11,8 +11,7 @@ from service.push import pg_listener, wal_listener
 from service.typedefs import listener_key
 
 from .actors import Actor
-from .test_metrics import scrape, value
-from .test_push import next_status
+from .helpers import next_status, scrape, value
 
 pytestmark = pytest.mark.both_change_sources
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from service.app import create_app
 
 from .actors import Actor
-from .test_resilience import NeverReadingClient
+from .helpers import NeverReadingClient
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),

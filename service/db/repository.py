@@ -108,6 +108,14 @@ async def get_executions(pool: aiopg.Pool, execution_ids: list[str]) -> list[dic
     )
 
 
+async def execution_wal_position(pool: aiopg.Pool, execution_id: str) -> str | None:
+    """The primary's current WAL position if the execution exists (so a standby that has replayed
+    that far has it too); None if it does not."""
+    row = await _fetch_one(pool, "SELECT pg_current_wal_lsn()::text AS position FROM executions WHERE id = %s",
+                           (execution_id,))
+    return row["position"] if row else None
+
+
 async def get_owners(pool: aiopg.Pool, execution_ids: list[str]) -> dict[str, str]:
     rows = await _fetch(
         pool, "SELECT id::text AS id, owner FROM executions WHERE id = ANY(%s::uuid[])", (execution_ids,))
@@ -214,6 +222,11 @@ async def include_change_source(pool: aiopg.Pool, source: str) -> list[str]:
 async def set_change_sources(pool: aiopg.Pool, sources: list[str]) -> list[str]:
     """Make the triggers announce through exactly these sources; the sources now in force."""
     return (await _fetch_one(pool, "SELECT set_change_sources(%s) AS sources", (sources,)))["sources"]
+
+
+async def log_standby_snapshot(pool: aiopg.Pool) -> None:
+    """Have the primary log its running transactions now (a standby's new slot waits for that)."""
+    await _fetch(pool, "SELECT pg_log_standby_snapshot()")
 
 
 async def change_listeners(pool: aiopg.Pool, application_names: list[str]) -> dict[str, int]:

@@ -147,6 +147,11 @@ class PreparedReader:
         those owned by one of `owners` (None: any)."""
         return await self._execute("EXECUTE feed_statuses(%s::uuid[], %s::text[])", (execution_ids, owners))
 
+    async def replayed(self, position: str) -> bool:
+        """Whether this server (a hot standby) has replayed the WAL up to `position`."""
+        [(done,)] = await self._execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (position,))
+        return bool(done)
+
     async def execution_seqs(self, execution_ids: list[str]) -> dict[str, int]:
         return dict(await self._execute("EXECUTE seqs(%s::uuid[])", (execution_ids,)))
 

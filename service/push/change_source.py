@@ -38,11 +38,11 @@ class ChangeListener(Protocol):
     async def run(self) -> None: ...
 
 
-def listener_for(config: Config, on_batch: Callable[[dict[str, int]], Awaitable[None]],
+def listener_for(config: Config, pool: aiopg.Pool, on_batch: Callable[[dict[str, int]], Awaitable[None]],
                  on_connect: Callable[[], Awaitable[object]]) -> ChangeListener:
-    kind = WalListener if config.change_source == "wal" else PgListener
-    return kind(
-        config.push_dsn,
+    """The listener of `config.change_source`; `pool` is the primary's (a standby's new slot asks it
+    for the record that lets decoding start)."""
+    settings = dict(
         on_batch=on_batch,
         on_connect=on_connect,
         ping_seconds=config.listener_ping_seconds,
@@ -50,12 +50,39 @@ def listener_for(config: Config, on_batch: Callable[[dict[str, int]], Awaitable[
         backoff_max=config.listener_backoff_max_seconds,
         coalesce_seconds=config.listener_coalesce_seconds,
     )
+    if config.change_source == "notify":
+        return PgListener(config.push_dsn, **settings)
+    if config.push_database_url:
+        settings["while_waiting"] = StandbySnapshotRequests(pool).request
+    return WalListener(config.push_dsn, **settings)
+
+
+class StandbySnapshotRequests:
+    """A slot on a standby can decode once the primary has logged its running transactions, which
+    it does every 15 s while it writes: asking the primary for that record (pg_log_standby_snapshot,
+    superusers only unless granted) makes the wait short."""
+
+    def __init__(self, pool: aiopg.Pool):
+        self._pool = pool
+        self._refused = False
+
+    async def request(self) -> None:
+        if self._refused:
+            return
+        try:
+            await repository.log_standby_snapshot(self._pool)
+        except psycopg2.Error as exc:
+            self._refused = exc.pgcode == INSUFFICIENT_PRIVILEGE
+            log.warning("change_source.standby_snapshot_not_requested", error=str(exc).strip()[:200],
+                        hint="GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() to the service's role "
+                             "shortens a new slot's wait on a standby" if self._refused else None)
 
 
 class ChangeSourceRefused(Exception):
     """The database cannot serve or switch to the change source asked for; says what to change."""
 
 
+INSUFFICIENT_PRIVILEGE = "42501"
 # SQLSTATE 55000, object_not_in_prerequisite_state: set_change_sources refuses 'wal' below
 # wal_level = logical.
 NOT_PREPARED = "55000"

@@ -30,6 +30,8 @@ CATCH_UP_BATCH = 100  # distinct first reads in one statement at most: bounds wh
 # visible just after (NOTIFY is delivered after that). A read that finds less than was announced is
 # made again after each of these pauses; what is still not visible after them is the reconcile's.
 VISIBILITY_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5)
+# How long a new subscriber's read waits for a standby to replay what the primary already has.
+STANDBY_WAIT = 5.0
 LIVE_READER = "aiagent-live hub"
 CATCH_UP_READER = "aiagent-live catch-up"
 
@@ -64,8 +66,11 @@ class SubscriptionHub:
     own writer sends them.
     """
 
-    def __init__(self, pool: aiopg.Pool, dsn: str, *, preview_limit: int, log_tail: int, metrics=None):
+    def __init__(self, pool: aiopg.Pool, dsn: str, *, preview_limit: int, log_tail: int, metrics=None,
+                 standby: bool = False):
         self._pool = pool
+        # Reads on a hot standby (push_database_url), writes on the primary behind `pool`.
+        self._standby = standby
         # Live changes and new subscribers read on connections of their own, so a reconnect storm
         # never holds up a change on its way out.
         self._reader = PreparedReader(dsn, application_name=LIVE_READER)
@@ -166,6 +171,11 @@ class SubscriptionHub:
         Concurrent subscribers are read together, in one statement per batch."""
         viewer = None if principal.sees_everything else principal.sub
         found = await self._catch_ups.read((execution_id, since, viewer))
+        if self._standby and (found is None or (since is not None and found.upto < since)):
+            # Created or changed on the primary a moment ago (a client that just POSTed it, or
+            # resumes from a seq REST gave it): read once the standby has replayed that far.
+            if await self._standby_replayed_primary(execution_id):
+                found = await self._catch_ups.read((execution_id, since, viewer))
         if found is None or not principal.may_see(found.head["owner"]):
             return None
         if found.head["resume"]:
@@ -173,6 +183,21 @@ class SubscriptionHub:
         else:
             outbox.offer_snapshot(execution_id, found.events, upto=found.upto)
         return found.head
+
+    async def _standby_replayed_primary(self, execution_id: str) -> bool:
+        """When the primary has the execution: wait (STANDBY_WAIT at most) until the standby has
+        replayed what the primary had written by now. False when the primary has no such execution."""
+        position = await repository.execution_wal_position(self._pool, execution_id)
+        if position is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STANDBY_WAIT
+        while not await self._catch_up_reader.replayed(position):
+            if loop.time() > deadline:
+                log.warning("hub.standby_behind", waited_seconds=STANDBY_WAIT)
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     async def _read_catch_ups(self, requests: list[tuple]) -> list["CatchUp | None"]:
         """One statement for a batch of distinct (execution_id, since, viewer); each result's

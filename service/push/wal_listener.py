@@ -28,6 +28,8 @@ APPLICATION_NAME = "aiagent-live wal listener"  # how operators (and tests) find
 # Every version from 14 on (the first whose pgoutput passes messages) accepts 1, and with
 # streaming off the messages read here are the same in every version.
 PROTO_VERSION = "1"
+# While a new slot waits for its consistent point, `while_waiting` is called this often.
+NUDGE_SECONDS = 0.5
 # A transaction of many messages is read in slices, so the event loop runs between them.
 MAX_MESSAGES_PER_READ = 5000
 
@@ -56,6 +58,7 @@ class WalListener:
         backoff_max: float,
         coalesce_seconds: float = 0.0,
         feedback_seconds: float = 1.0,
+        while_waiting: Callable[[], Awaitable[object]] | None = None,
     ):
         self._dsn = dsn
         self._on_batch = on_batch
@@ -65,6 +68,7 @@ class WalListener:
         self._backoff_max = backoff_max
         self._coalesce_seconds = coalesce_seconds
         self._feedback_seconds = max(feedback_seconds, 1.0)  # psycopg2's floor for status_interval
+        self._while_waiting = while_waiting
         self._connected = asyncio.Event()
         self.slot_name = ""
         # Announcements of the transaction being read, and those committed but not handed over.
@@ -128,21 +132,29 @@ class WalListener:
         """A temporary slot, ready once the server has found a consistent point to decode from.
 
         That waits for the transactions running at the moment to end, and on a standby for the
-        primary to log its running transactions (every 15 s while it writes): it may take a while,
-        and is not bounded, but said in the log.
+        primary to log its running transactions (every 15 s while it writes): `while_waiting` is
+        called every NUDGE_SECONDS meanwhile (the app asks the primary for that record), and a long
+        wait is said in the log.
         """
         self.slot_name = f"aiagent_live_{os.getpid()}_{secrets.token_hex(4)}"
         statement = asyncio.ensure_future(pg_async.execute(
             conn, f"CREATE_REPLICATION_SLOT {self.slot_name} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
             timeout=None))
+        waited, said = 0.0, False
         try:
-            try:
-                async with asyncio.timeout(self._ping_seconds):
-                    await asyncio.shield(statement)
-            except TimeoutError:
-                log.warning("wal_listener.waiting_for_consistent_point", slot=self.slot_name,
-                            waited_seconds=self._ping_seconds)
-                await statement
+            while True:
+                try:
+                    async with asyncio.timeout(NUDGE_SECONDS):
+                        await asyncio.shield(statement)
+                    return
+                except TimeoutError:
+                    waited += NUDGE_SECONDS
+                if self._while_waiting is not None:
+                    await self._while_waiting()
+                if waited >= self._ping_seconds and not said:
+                    log.warning("wal_listener.waiting_for_consistent_point", slot=self.slot_name,
+                                waited_seconds=waited)
+                    said = True
         finally:
             statement.cancel()
 

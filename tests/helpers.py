@@ -1,0 +1,171 @@
+"""What many tests do, in one place: read a socket's messages, scrape metrics, cut the listener
+off, hold a socket that never reads, follow an execution across servers."""
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+
+import aiopg
+from aiohttp import WSMsgType
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.push import pg_listener, wal_listener
+
+from .actors import Actor
+
+
+async def next_json(ws, timeout: float = 5.0) -> dict:
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type == WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data!r} {msg.extra!r}"
+    return msg.json()
+
+
+async def next_status(ws, timeout: float = 5.0) -> dict:
+    """The next `status` message, skipping node and log messages (as an old client does)."""
+    while True:
+        message = await next_json(ws, timeout)
+        if message["type"] == "status":
+            return message
+
+
+async def drain(ws) -> list[dict]:
+    """Every message until the server closes the socket."""
+    received = []
+    while (msg := await ws.receive(timeout=5)).type == WSMsgType.TEXT:
+        received.append(msg.json())
+    assert msg.type == WSMsgType.CLOSE, msg
+    return received
+
+
+async def drain_snapshot(ws, nodes: int = 2) -> list[dict]:
+    """The connect snapshot of an execution with no log lines: the status, then each node."""
+    received = [await next_json(ws) for _ in range(1 + nodes)]
+    assert [m["type"] for m in received] == ["status"] + ["node"] * nodes
+    return received
+
+
+async def until_status(ws, status: str, timeout: float = 5.0) -> list[dict]:
+    """Collect status messages until one has the given status."""
+    seen = []
+    while True:
+        message = await next_json(ws, timeout)
+        if message["type"] == "status":
+            seen.append(message)
+            if message["status"] == status:
+                return seen
+
+
+async def scrape(client) -> dict[tuple[str, tuple], float]:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(await response.text()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def terminate_listener(database_url: str) -> None:
+    async with aiopg.connect(database_url, enable_hstore=False) as conn:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY(%s)",
+                ([pg_listener.APPLICATION_NAME, wal_listener.APPLICATION_NAME],))
+
+
+async def readiness(client) -> int:
+    response = await client.get("/readyz")
+    return response.status
+
+
+class NeverReadingClient:
+    """A WebSocket client on a raw socket that completes the handshake and then stops reading."""
+
+    def __init__(self, port: int, path: str):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode())
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self.sock.recv(1)
+        assert self.buffer.startswith(b"HTTP/1.1 101"), self.buffer
+        self.buffer = b""
+
+    def read_all_frames(self) -> list[tuple[int, bytes]]:
+        """Now read everything the server sent, to its end; returns (opcode, payload) pairs."""
+        self.sock.settimeout(10)
+        while chunk := self.sock.recv(1 << 20):
+            self.buffer += chunk
+        frames, data = [], self.buffer
+        while len(data) >= 2:
+            opcode, length, offset = data[0] & 0x0F, data[1] & 0x7F, 2
+            if length == 126:
+                length, offset = struct.unpack(">H", data[2:4])[0], 4
+            elif length == 127:
+                length, offset = struct.unpack(">Q", data[2:10])[0], 10
+            frames.append((opcode, data[offset:offset + length]))
+            data = data[offset + length:]
+        return frames
+
+    def close(self):
+        self.sock.close()
+
+
+def multiplexed(actor: Actor, token: str | None = None):
+    return actor.client.ws_connect("/api/v1/ws", params={"access_token": token or actor.token})
+
+
+class Follower:
+    """One browser tab watching one execution across servers: it reconnects with `since` and
+    keeps every node and log event's seq, in the order received."""
+
+    def __init__(self, execution_id: str, token: str):
+        self.execution_id = execution_id
+        self.token = token
+        self.seqs: list[int] = []  # node and log events, every connection
+        self.last_seq = 0  # of any message, for `since`
+        self._task: asyncio.Task | None = None
+
+    async def follow(self, client) -> None:
+        """Connect to `client`'s server (leaving the previous one) and stay until told to move."""
+        await self.leave()
+        params = {"access_token": self.token}
+        if self.last_seq:
+            params["since"] = str(self.last_seq)
+        ws = await client.ws_connect(f"/api/v1/ws/executions/{self.execution_id}", params=params)
+        # Answered after what the server queued on connect: from then on the socket is live.
+        await ws.send_json({"type": "ping"})
+        while (message := await ws.receive_json(timeout=5))["type"] != "pong":
+            self.note(message, snapshot=not self.last_seq)
+        self._task = asyncio.create_task(self._read(ws))
+
+    def note(self, message: dict, snapshot: bool = False) -> None:
+        seq = message.get("seq")
+        if seq is None:
+            return
+        if message["type"] in ("node", "log") and not snapshot:
+            self.seqs.append(seq)
+        self.last_seq = max(self.last_seq, seq)
+
+    async def _read(self, ws) -> None:
+        try:
+            while (msg := await ws.receive()).type == WSMsgType.TEXT:
+                self.note(msg.json())
+        finally:
+            await ws.close()
+
+    async def leave(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
