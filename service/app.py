@@ -5,8 +5,7 @@ import contextlib
 
 import aiopg
 import structlog
-from aiohttp import web
-from aiohttp.http_websocket import WSCloseCode
+from aiohttp import WSCloseCode, web
 
 from .api.cors import cors
 from .api.http_middlewares import json_errors, not_for_sockets, request_context

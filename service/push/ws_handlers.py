@@ -10,7 +10,7 @@ import uuid
 
 import psycopg2
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..api.schemas import STATUSES
 from ..auth import InvalidToken, Principal, verify_token
@@ -18,6 +18,7 @@ from ..config import Config
 from ..typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_counts_key, token_expiries_key
 from . import messages, socket_handshake
 from .expiry_timer import ExpiryTimer
+from .frame_transport import FrameTransport
 from .socket_handshake import CLOSE_UNAUTHORIZED
 from .socket_limits import CLOSE_TOO_MANY_SOCKETS, MessageRate
 from .socket_outbox import SocketOutbox
@@ -25,8 +26,8 @@ from .subscription_hub import FeedFilter, SubscriptionHub
 
 log = structlog.get_logger(__name__)
 
-CLOSE_FINISHED = 1000
-CLOSE_INTERNAL_ERROR = 1011
+CLOSE_FINISHED = WSCloseCode.OK
+CLOSE_INTERNAL_ERROR = WSCloseCode.INTERNAL_ERROR
 CLOSE_NOT_FOUND = 4404
 NOT_FOUND = "no such execution"
 # What ends a socket's read loop: a close frame from the peer, or the connection gone.
@@ -61,14 +62,14 @@ class SocketSession:
     __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "rate", "expiries",
                  "_expiry")
 
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, principal: Principal, config: Config,
-                 hub: SubscriptionHub, expiries: ExpiryTimer, *, single_execution: bool):
+    def __init__(self, ws: web.WebSocketResponse, frames: FrameTransport, principal: Principal,
+                 config: Config, hub: SubscriptionHub, expiries: ExpiryTimer, *, single_execution: bool):
         self.ws = ws
         self.principal = principal
         self.config = config
         self.hub = hub
         self.single_execution = single_execution
-        self.outbox = SocketOutbox(ws, request.protocol, capacity=config.ws_outbox_capacity,
+        self.outbox = SocketOutbox(frames, capacity=config.ws_outbox_capacity,
                                    send_timeout=config.ws_send_timeout_seconds,
                                    close_on_terminal=single_execution, metrics=hub.metrics)
         self.rate: MessageRate | None = None  # made by the first message: most sockets never send one
@@ -242,12 +243,15 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
     ws, principal = await socket_handshake.accept(request)
     if principal is None:
         return ws
+    frames = await FrameTransport.of(ws, request)
+    if frames is None:
+        return ws  # gone during the handshake
     app = request.app
     sockets, heartbeat, metrics = app[socket_counts_key], app[heartbeat_key], app[metrics_key]
     if not sockets.admit(principal.sub):
         await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
         return ws
-    session = SocketSession(request, ws, principal, app[config_key], app[hub_key], app[token_expiries_key],
+    session = SocketSession(ws, frames, principal, app[config_key], app[hub_key], app[token_expiries_key],
                             single_execution=single_execution)
     heartbeat.add(session.outbox)
     metrics.open_sockets.inc()
@@ -271,7 +275,8 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
         metrics.open_sockets.dec()
         heartbeat.discard(session.outbox)
         sockets.release(principal.sub)
-    log.info("ws.closed", code=ws.close_code)
+    code = session.outbox.close_code or ws.close_code  # ours, else the peer's (or 1006: lost)
+    log.info("ws.closed", code=None if code is None else int(code))
     return ws
 
 
