@@ -73,6 +73,7 @@ def test_a_peer_that_stops_reading_pauses_the_writes_and_drain_waits_until_it_re
         async with connected() as (side, ws):
             assert not side.frames.paused
             written = await write_until_paused(side.frames)
+            assert side.frames.write_now(text_frame("not now")) is False  # the caller queues it
             drained = asyncio.ensure_future(side.frames.drain())
             await asyncio.sleep(0.3)
             assert not drained.done(), "drain() returned while the peer read nothing"
@@ -81,7 +82,7 @@ def test_a_peer_that_stops_reading_pauses_the_writes_and_drain_waits_until_it_re
                 assert msg.data[:8] == f"{n:08d}" and len(msg.data) == 256 * 1024
             await asyncio.wait_for(drained, timeout=5)
             assert not side.frames.paused
-            side.frames.write(text_frame("after"))
+            assert side.frames.write_now(text_frame("after")) is True
             assert (await ws.receive(timeout=5)).data == "after"
     run(scenario)
 
@@ -98,6 +99,7 @@ def test_a_peer_that_is_gone_is_noticed_even_mid_drain(run):
             with contextlib.suppress(ConnectionError):
                 await asyncio.wait_for(drained, timeout=5)
             assert side.frames.closing  # so nothing more is written (uvloop would raise)
+            assert side.frames.write_now(text_frame("to nobody")) is True  # dropped, nothing to queue
             assert (await asyncio.wait_for(side.read_ended, timeout=5)).type == WSMsgType.CLOSED
     run(scenario)
 

@@ -84,7 +84,7 @@ class FrameTransport:
     @property
     def closing(self) -> bool:
         """A close has begun (aiohttp's) or the connection is gone: write nothing more."""
-        return self._ws.closed or self._transport.is_closing()
+        return self._transport.is_closing() or self._ws.closed
 
     @property
     def paused(self) -> bool:
@@ -94,6 +94,19 @@ class FrameTransport:
         size = transport.get_write_buffer_size()
         # The limits only when something is buffered: on a fan-out, nearly every peer has none.
         return size > 0 and size > transport.get_write_buffer_limits()[1]
+
+    def write_now(self, frame: bytes) -> bool:
+        """write() unless the peer is behind; False then: queue the frame, and write() it after
+        drain(). True for a connection that is closing too: nothing is to be queued for it.
+        (closing and paused in one call, as a change's fan-out calls this for every socket.)"""
+        transport = self._transport
+        if transport.is_closing() or self._ws.closed:
+            return True
+        size = transport.get_write_buffer_size()
+        if size > 0 and size > transport.get_write_buffer_limits()[1]:
+            return False
+        transport.write(frame)
+        return True
 
     def write(self, frame: bytes) -> None:
         """Queue one whole frame behind everything written before it; never waits. Only while

@@ -188,15 +188,11 @@ class SocketOutbox:
 
     def _send(self, event: Event) -> bool:
         """In order after whatever is queued; at once when nothing is and the peer keeps up."""
-        if self._writer is None and not self._queue:
-            frames = self._frames
-            if frames.closing:
-                return True  # the peer is gone or going: the reader notices and ends the socket
-            if not frames.paused:
-                frames.write(event.frame)
-                if event.terminal and self._close_on_terminal:
-                    self.close(CLOSE_FINISHED, "finished", drain=False)
-                return True
+        # (A connection that is closing takes it too: the reader notices and ends the socket.)
+        if self._writer is None and not self._queue and self._frames.write_now(event.frame):
+            if event.terminal and self._close_on_terminal:
+                self.close(CLOSE_FINISHED, "finished", drain=False)
+            return True
         return self._append(event)
 
     def _append(self, event: Event) -> bool:
