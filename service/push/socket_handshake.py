@@ -1,6 +1,6 @@
 """A WebSocket's handshake, with the edge work the HTTP middlewares do for every other request.
 
-Socket routes skip the middlewares (http_middlewares.not_for_sockets): a middleware keeps a
+Socket routes skip the middlewares (http_middlewares.not_for_routes): a middleware keeps a
 suspended frame for as long as the handler runs, and a socket's handler runs as long as the
 socket is open. So it is done here, once: the request id on the socket's log lines, the Origin
 check, the access log line and the count by route and status, a refused handshake's answer in
