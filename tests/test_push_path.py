@@ -38,20 +38,14 @@ def log_line(seq: int, size: int = 40) -> Event:
 
 @pytest.fixture
 async def outbox_socket():
-    """A SocketOutbox on a real socket, as the service makes it, and an aiohttp client of it (the
-    test decides when that client reads): (outbox, server side, client)."""
-    made = []
-
-    def make(side, **options):
-        options.setdefault("capacity", 64)
-        options.setdefault("send_timeout", 5)
-        box = SocketOutbox(side.frames, **options)
-        side.finish = box.finish
-        made.append(box)
-        return box
-
+    """A real socket, an aiohttp client on it (the test decides when it reads), and a maker of
+    the SocketOutbox on its server side, made as the service makes it: (make, server side, client)."""
     async with connected() as (side, ws):
-        yield lambda **options: make(side, **options), side, ws
+        def make(capacity: int = 64, send_timeout: float = 5, **options) -> SocketOutbox:
+            box = SocketOutbox(side.frames, capacity=capacity, send_timeout=send_timeout, **options)
+            side.finish = box.finish  # the end of the read loop completes the close, as in the service
+            return box
+        yield make, side, ws
 
 
 async def back_up(box: SocketOutbox, side) -> list[Event]:
