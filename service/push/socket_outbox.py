@@ -188,7 +188,7 @@ class SocketOutbox:
 
     def _send(self, event: Event) -> bool:
         """In order after whatever is queued; at once when nothing is and the peer keeps up."""
-        # (A connection that is closing takes it too: the reader notices and ends the socket.)
+        # A closing connection "takes" it too, unsent: its reader notices and ends the socket.
         if self._writer is None and not self._queue and self._frames.write_now(event.frame):
             if event.terminal and self._close_on_terminal:
                 self.close(CLOSE_FINISHED, "finished", drain=False)
