@@ -9,7 +9,7 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from .api.cors import cors
-from .api.http_middlewares import json_errors, not_for_sockets, request_context
+from .api.http_middlewares import json_errors, not_for_routes, request_context
 from .cancellation import cancel_and_wait
 from .config import Config
 from .db import repository
@@ -19,7 +19,7 @@ from .push.expiry_timer import ExpiryTimer
 from .push.heartbeat import Heartbeat
 from .push.socket_limits import SocketsPerSubject
 from .push.subscription_hub import SubscriptionHub
-from .routes import setup_routes
+from .routes import SOCKET_ROUTES, setup_routes
 from .shutdown import Shutdown
 from .typedefs import (
     config_key,
@@ -43,8 +43,9 @@ def create_app(config: Config) -> web.Application:
         raise ValueError("create_app needs database_url and jwt_secret")
     # http_metrics outermost, to count the status the client finally got; cors outside
     # json_errors, so error answers carry CORS headers too.
-    middlewares = [not_for_sockets(m) for m in (http_metrics, request_context, cors, json_errors)]
-    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
+    http_edge = (http_metrics, request_context, cors, json_errors)
+    app = web.Application(middlewares=[not_for_routes(SOCKET_ROUTES, m) for m in http_edge],
+                          client_max_size=config.max_body_bytes)
     app[config_key] = config
     app[shutdown_key] = Shutdown(config.shutdown_timeout_seconds)
     setup_metrics(app)

@@ -6,6 +6,10 @@ from . import metrics
 from .api import dashboard_handlers, health_handlers, openapi, rest_handlers
 from .push import ws_handlers
 
+# The WebSocket routes, by name: the HTTP middlewares leave them be (http_middlewares.not_for_routes).
+EXECUTION_SOCKET, MULTIPLEXED_SOCKET = "execution_socket", "multiplexed_socket"
+SOCKET_ROUTES = frozenset({EXECUTION_SOCKET, MULTIPLEXED_SOCKET})
+
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_routes([
@@ -25,8 +29,8 @@ def setup_routes(app: web.Application) -> None:
         web.patch("/api/v1/executions/{id}/nodes/{node_id}", rest_handlers.patch_node),
         web.get("/api/v1/executions/{id}/logs", rest_handlers.list_logs),
         web.post("/api/v1/executions/{id}/logs", rest_handlers.append_logs),
-        web.get("/api/v1/ws/executions/{id}", ws_handlers.execution_socket),
-        web.get("/api/v1/ws", ws_handlers.multiplexed_socket),
+        web.get("/api/v1/ws/executions/{id}", ws_handlers.execution_socket, name=EXECUTION_SOCKET),
+        web.get("/api/v1/ws", ws_handlers.multiplexed_socket, name=MULTIPLEXED_SOCKET),
         # The dashboard and live-client.js: no token to fetch them (the API calls need one).
         web.get("/", dashboard_handlers.index),
         web.static("/static", dashboard_handlers.STATIC_DIR),

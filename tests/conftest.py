@@ -36,8 +36,10 @@ CHANGE_SOURCES = ("notify", "wal")
 
 def pytest_generate_tests(metafunc):
     """Tests of a module marked `both_change_sources` run once per change source."""
-    if "change_source" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_change_sources"):
-        metafunc.parametrize("change_source", CHANGE_SOURCES)
+    marked = metafunc.definition.get_closest_marker("both_change_sources")
+    if marked and "change_source" in metafunc.fixturenames:
+        # Module scope: a module's shared servers are started once per source, not per test.
+        metafunc.parametrize("change_source", CHANGE_SOURCES, scope="module")
 
 
 @pytest.fixture

@@ -140,13 +140,14 @@ class Follower:
         """Connect to `client`'s server (leaving the previous one) and stay until told to move."""
         await self.leave()
         params = {"access_token": self.token}
-        if self.last_seq:
+        resuming = bool(self.last_seq)
+        if resuming:
             params["since"] = str(self.last_seq)
         ws = await client.ws_connect(f"/api/v1/ws/executions/{self.execution_id}", params=params)
         # Answered after what the server queued on connect: from then on the socket is live.
         await ws.send_json({"type": "ping"})
         while (message := await ws.receive_json(timeout=5))["type"] != "pong":
-            self.note(message, snapshot=not self.last_seq)
+            self.note(message, snapshot=not resuming)
         self._task = asyncio.create_task(self._read(ws))
 
     def note(self, message: dict, snapshot: bool = False) -> None:

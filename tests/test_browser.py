@@ -19,6 +19,8 @@ import pytest
 from .actors import JWT_SECRET, token_for
 from .servers import free_port, wait_ready
 
+pytestmark = pytest.mark.both_change_sources
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
@@ -37,11 +39,11 @@ def chromium_path() -> str:
 class ServerProcess:
     """`python -m service serve` on a fixed port, so it can be stopped and started again there."""
 
-    def __init__(self, database_url: str, log_path: Path):
+    def __init__(self, database_url: str, log_path: Path, change_source: str):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET,
-                    "PORT": str(self.port), "LOG_FORMAT": "json"}
+                    "PORT": str(self.port), "LOG_FORMAT": "json", "CHANGE_SOURCE": change_source}
         self.log = open(log_path, "ab")
         self.process: subprocess.Popen | None = None
 
@@ -70,8 +72,8 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def server(database_url, tmp_path_factory):
-    process = ServerProcess(database_url, tmp_path_factory.mktemp("browser") / "server.log")
+def server(database_url, tmp_path_factory, change_source):
+    process = ServerProcess(database_url, tmp_path_factory.mktemp("browser") / "server.log", change_source)
     process.start()
     yield process
     process.close()
@@ -196,8 +198,9 @@ async def test_dashboard_shows_an_execution_going_from_pending_to_completed_as_i
     assert len([url for url in sockets if eid in url]) == 1, "one socket, never reopened after the end"
 
 
-async def test_log_view_gets_every_line_in_order_across_a_server_restart(database_url, browser, sql, tmp_path):
-    server = ServerProcess(database_url, tmp_path / "server.log")
+async def test_log_view_gets_every_line_in_order_across_a_server_restart(
+        database_url, browser, sql, tmp_path, change_source):
+    server = ServerProcess(database_url, tmp_path / "server.log", change_source)
     server.start()
     page = await (await browser.new_context()).new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -355,9 +358,10 @@ async ([url, idleMs]) => {
 """
 
 
-async def test_a_browser_socket_answers_the_heartbeat_and_stays(database_url, browser, sql, tmp_path):
+async def test_a_browser_socket_answers_the_heartbeat_and_stays(
+        database_url, browser, sql, tmp_path, change_source):
     # The browser, not our code, answers protocol pings; at 0.3 s a round, 4 s idle are 13 rounds.
-    process = ServerProcess(database_url, tmp_path / "server.log")
+    process = ServerProcess(database_url, tmp_path / "server.log", change_source)
     process.env["WS_HEARTBEAT_SECONDS"] = "0.3"
     process.start()
     try:

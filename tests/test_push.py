@@ -6,7 +6,7 @@ import json
 import uuid
 
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSCloseCode, WSMsgType
 
 from service.push.subscription_hub import FEW_WATCHERS
 from service.typedefs import hub_key
@@ -319,3 +319,36 @@ async def test_a_1mb_result_reaches_the_socket_intact(user, sql):
         final = (await until_status(ws, "completed"))[-1]
         assert final["result"] == result
         assert len(json.dumps(final["result"])) > 1_000_000
+
+
+async def test_a_transaction_of_10000_log_lines_and_a_10_mb_result_arrive_whole(user, sql):
+    """Read as a client that resumes with `since` when closed 1013 for reading too slowly."""
+    execution = await user.create_execution()
+    await sql.execute("UPDATE executions SET status = 'running' WHERE id = %s", (execution["id"],))
+    result = {"text": "x" * (10 * 1024 * 1024)}
+    received: list[dict] = []
+
+    def connect(since: int):
+        return user.client.ws_connect(f"/api/v1/ws/executions/{execution['id']}", headers=user.headers,
+                                      params={"since": str(since)}, max_msg_size=0)
+
+    async with connect(since=2) as ws:
+        await sql.execute("INSERT INTO execution_logs (execution_id, message) "
+                          "SELECT %s, 'line ' || n FROM generate_series(1, 10000) AS n", (execution["id"],))
+        await sql.execute("UPDATE executions SET status = 'completed', result = %s WHERE id = %s",
+                          (json.dumps(result), execution["id"]))
+        closed_with = await read_until_close(ws, received)
+    while closed_with == WSCloseCode.TRY_AGAIN_LATER:
+        async with connect(since=received[-1]["seq"]) as ws:
+            closed_with = await read_until_close(ws, received)
+    assert closed_with == WSCloseCode.OK
+    logs = [m["message"] for m in received if m["type"] == "log"]
+    assert logs == [f"line {n}" for n in range(1, 10001)], "every line once, in order"
+    final = received[-1]
+    assert (final["type"], final["status"]) == ("status", "completed") and final["result"] == result
+
+
+async def read_until_close(ws, into: list) -> int:
+    while (msg := await ws.receive(timeout=30)).type == WSMsgType.TEXT:
+        into.append(msg.json())
+    return ws.close_code

@@ -1,162 +1,194 @@
-"""The push path's fast lane: frames written straight to idle sockets, a writer task only for slow
-ones, the hub's own prepared reads, and the push metrics."""
+"""The push path's fast lane over real sockets: frames written at once to a socket that keeps up,
+a writer task only for one that does not, latest-wins status and never-dropped node and log events
+while it is backed up, the close codes a client sees; then the hub's own prepared reads and the
+push metrics, through the whole app."""
 
 import asyncio
-import struct
 
 import aiopg
 import pytest
 from aiohttp import WSMsgType
-from prometheus_client import CollectorRegistry, Counter
 
-from service.push.messages import Event, text_frame
-from service.push.socket_outbox import CLOSE_TOO_SLOW, SocketOutbox
+from service.metrics import Metrics
+from service.push.messages import Event
+from service.push.socket_outbox import SocketOutbox
 from service.push.subscription_hub import CATCH_UP_READER, LIVE_READER
 from service.typedefs import hub_key
 
 from .actors import Actor
 from .helpers import drain_snapshot, multiplexed, next_json, next_status, scrape, value
+from .socket_pairs import connected, numbered
 
 pytestmark = pytest.mark.both_change_sources
 
-
-class FakeTransport:
-    def __init__(self):
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeProtocol:
-    """What the outbox uses of aiohttp's connection: its transport and flow control."""
-
-    def __init__(self):
-        self.transport = FakeTransport()
-        self.writing_paused = False
-        self._drained = asyncio.Event()
-
-    async def _drain_helper(self) -> None:
-        await self._drained.wait()
-
-    def drain(self) -> None:
-        self.writing_paused = False
-        self._drained.set()
-
-
-class FakeWebSocket:
-    closed = False
-
-
-class FakeMetrics:
-    def __init__(self):
-        self.slow_client_closes = Counter("slow", "", ["reason"], registry=CollectorRegistry())
+FILLER_CHARS = 256 * 1024
 
 
 def status(seq: int, message: str = "", terminal: bool = False) -> Event:
     return Event("e1", seq, "status", f'{{"type":"status","seq":{seq},"message":"{message}"}}', terminal=terminal)
 
 
-def texts(transport: FakeTransport) -> list[str]:
-    return [frame[2:].decode() for frame in transport.written if frame[0] == 0x81]
+def node(seq: int) -> Event:
+    return Event("e1", seq, "node", f'{{"type":"node","seq":{seq}}}')
 
 
-def close_code(transport: FakeTransport) -> int | None:
-    closes = [frame for frame in transport.written if frame[0] == 0x88]
-    return struct.unpack("!H", closes[0][2:4])[0] if closes else None
+def log_line(seq: int, size: int = 40) -> Event:
+    return Event("e1", seq, "log", numbered(seq, size))
 
 
-def outbox(protocol, **kwargs) -> SocketOutbox:
-    kwargs.setdefault("capacity", 4)
-    return SocketOutbox(FakeWebSocket(), protocol, send_timeout=kwargs.pop("send_timeout", 5), **kwargs)
+@pytest.fixture
+async def outbox_socket():
+    """A real socket, an aiohttp client on it (the test decides when it reads), and a maker of
+    the SocketOutbox on its server side, made as the service makes it: (make, server side, client)."""
+    async with connected() as (side, ws):
+        def make(capacity: int = 64, send_timeout: float = 5, **options) -> SocketOutbox:
+            box = SocketOutbox(side.frames, capacity=capacity, send_timeout=send_timeout, **options)
+            side.finish = box.finish  # the end of the read loop completes the close, as in the service
+            return box
+        yield make, side, ws
 
 
-def test_text_frame_lengths():
-    assert text_frame("a") == b"\x81\x01a"
-    assert text_frame("é" * 100)[:4] == b"\x81\x7e\x00\xc8"
-    assert text_frame("x" * 70_000)[:10] == b"\x81\x7f" + struct.pack("!Q", 70_000)
+async def back_up(box: SocketOutbox, side) -> list[Event]:
+    """Log events big enough that the client, not reading, falls behind and stays behind (the
+    kernel's buffers grow for a while first): the offers after these queue. Returns them."""
+    events = []
+    for seq in range(1, 1000):
+        events.append(log_line(seq, FILLER_CHARS))
+        box.offer(events[-1])
+        if side.frames.paused:
+            await asyncio.sleep(0.2)
+            if side.frames.paused:
+                return events
+    raise AssertionError("the client never fell behind")
 
 
-async def test_an_idle_socket_is_written_at_once_without_a_task():
-    protocol = FakeProtocol()
-    box = outbox(protocol)
+def slow_client_closes(metrics: Metrics, reason: str) -> float | None:
+    return metrics.registry.get_sample_value("aiagent_slow_client_closes_total", {"reason": reason})
+
+
+async def received(ws, count: int) -> list[str]:
+    return [(await ws.receive(timeout=10)).data for _ in range(count)]
+
+
+async def assert_closed_with(ws, code: int, reason: str) -> None:
+    closing = await ws.receive(timeout=10)
+    assert (closing.type, closing.data, closing.extra) == (WSMsgType.CLOSE, code, reason)
+    assert ws.close_code == code
+
+
+async def test_an_idle_socket_is_written_at_once_without_a_task(outbox_socket):
+    make, side, ws = outbox_socket
+    box = make()
     tasks = len(asyncio.all_tasks())
     assert box.offer(status(1, "a")) and box.offer(status(2, "b"))
     assert not box.offer(status(2, "b")), "not needed twice"
-    assert texts(protocol.transport) == [status(1, "a").text, status(2, "b").text]
     assert len(asyncio.all_tasks()) == tasks
+    assert await received(ws, 2) == [status(1, "a").text, status(2, "b").text]
 
 
-async def test_a_paused_socket_queues_latest_wins_and_a_writer_sends_in_order():
-    protocol = FakeProtocol()
-    box = outbox(protocol)
+async def test_a_backed_up_socket_sends_the_latest_status_and_every_node_and_log_in_order(outbox_socket):
+    make, side, ws = outbox_socket
+    box = make()
+    backlog = await back_up(box, side)
+    seq = len(backlog)
+    box.offer(status(seq + 1, "older"))
+    box.offer(status(seq + 2, "newer"))  # replaces the queued older one: latest wins
+    box.send_text('{"type":"pong"}')  # a reply keeps its place
+    box.offer(log_line(seq + 3))
+    box.offer(node(seq + 4))
+    box.offer(status(seq + 5, "older again"))
+    box.offer(status(seq + 6, "newest"))
+    box.offer(log_line(seq + 7))
+    expected = [e.text for e in backlog] + [
+        status(seq + 2, "newer").text, '{"type":"pong"}', log_line(seq + 3).text, node(seq + 4).text,
+        status(seq + 6, "newest").text, log_line(seq + 7).text]
+    assert await received(ws, len(expected)) == expected
+    # Caught up: the writer is gone and the next event goes straight out again.
+    await asyncio.sleep(0.1)
+    tasks = len(asyncio.all_tasks())
+    box.offer(status(seq + 8, "live"))
+    assert len(asyncio.all_tasks()) == tasks
+    assert await received(ws, 1) == [status(seq + 8, "live").text]
+
+
+async def test_a_terminal_status_is_the_last_message_then_1000(outbox_socket):
+    make, side, ws = outbox_socket
+    box = make()
     box.offer(status(1))
-    protocol.writing_paused = True
-    box.send_text('{"type":"pong"}')
-    box.offer(status(2, "older"))
-    box.offer(status(3, "newer"))  # replaces the queued 2
-    assert texts(protocol.transport) == [status(1).text]
-    await asyncio.sleep(0)  # the writer starts and writes the pong, then waits for the drain
-    protocol.drain()
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert texts(protocol.transport) == [status(1).text, '{"type":"pong"}', status(3, "newer").text]
-    # Drained and idle again: the next one goes straight out.
-    box.offer(status(4))
-    assert texts(protocol.transport)[-1] == status(4).text
+    box.offer(status(2, "done", terminal=True))
+    assert not box.offer(status(3)), "nothing after the final status"
+    assert await received(ws, 2) == [status(1).text, status(2, "done", terminal=True).text]
+    await assert_closed_with(ws, 1000, "finished")
+    assert (await side.read_ended).type == WSMsgType.CLOSE  # the client answered; the handshake is whole
 
 
-async def test_a_terminal_status_is_followed_by_the_close_frame():
-    protocol = FakeProtocol()
-    box = outbox(protocol)
-    box.offer(status(5, "done", terminal=True))
-    assert not box.offer(status(6))
-    assert texts(protocol.transport) == [status(5, "done", terminal=True).text]
-    assert close_code(protocol.transport) == 1000
+async def test_a_terminal_status_behind_a_backlog_closes_1000_after_everything_before_it(outbox_socket):
+    make, side, ws = outbox_socket
+    box = make()
+    backlog = await back_up(box, side)
+    seq = len(backlog)
+    box.offer(node(seq + 1))
+    box.offer(status(seq + 2, "done", terminal=True))
+    box.offer(log_line(seq + 3))  # after the final status: never sent
+    expected = [e.text for e in backlog] + [node(seq + 1).text, status(seq + 2, "done", terminal=True).text]
+    assert await received(ws, len(expected)) == expected
+    await assert_closed_with(ws, 1000, "finished")
 
 
-async def test_a_full_queue_closes_1013_and_is_counted():
-    protocol = FakeProtocol()
-    metrics = FakeMetrics()
-    box = outbox(protocol, capacity=2, metrics=metrics)
-    protocol.writing_paused = True
-    for n in range(1, 5):
-        box.send_text(f'{{"n":{n}}}')  # replies never merge
+async def test_a_full_queue_closes_1013_and_is_counted(outbox_socket):
+    make, side, ws = outbox_socket
+    metrics = Metrics()
+    box = make(capacity=4, metrics=metrics)
+    backlog = await back_up(box, side)
+    for n in range(8):
+        box.send_text(f'{{"n":{n}}}')  # replies never merge: the queue overflows
     assert box.closing
-    protocol.drain()
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert close_code(protocol.transport) == CLOSE_TOO_SLOW
-    assert metrics.slow_client_closes.labels("queue_full")._value.get() == 1
+    texts = await received(ws, len(backlog))
+    assert texts == [e.text for e in backlog]
+    # What was queued is dropped with the close: the client resumes from its last seq instead.
+    await assert_closed_with(ws, 1013, "too slow")
+    assert slow_client_closes(metrics, "queue_full") == 1
 
 
-async def test_a_send_that_times_out_closes_1013():
-    protocol = FakeProtocol()
-    metrics = FakeMetrics()
-    box = outbox(protocol, send_timeout=0.05, metrics=metrics)
-    protocol.writing_paused = True
-    box.offer(status(1))
-    await asyncio.sleep(0.2)
-    assert close_code(protocol.transport) == CLOSE_TOO_SLOW
-    assert metrics.slow_client_closes.labels("send_timeout")._value.get() == 1
+async def test_a_frame_that_cannot_leave_within_the_send_timeout_closes_1013_and_is_counted(outbox_socket):
+    make, side, ws = outbox_socket
+    metrics = Metrics()
+    box = make(send_timeout=0.3, metrics=metrics)
+    backlog = await back_up(box, side)
+    box.offer(status(len(backlog) + 1))
+    await asyncio.sleep(1)  # the client reads nothing for longer than the send timeout
+    assert box.closing
+    assert slow_client_closes(metrics, "send_timeout") == 1
+    # Everything written before the close still reaches a client that reads again, then the 1013.
+    texts = []
+    while (msg := await ws.receive(timeout=10)).type == WSMsgType.TEXT:
+        texts.append(msg.data)
+    assert texts[:len(backlog)] == [e.text for e in backlog]
+    assert texts[len(backlog):] in ([], [status(len(backlog) + 1).text])
+    assert (msg.type, msg.data, msg.extra, ws.close_code) == (WSMsgType.CLOSE, 1013, "too slow", 1013)
 
 
-async def test_live_events_wait_while_held_and_are_never_sent_twice():
-    protocol = FakeProtocol()
-    box = outbox(protocol)
+async def test_live_events_wait_while_held_and_are_never_sent_twice(outbox_socket):
+    make, side, ws = outbox_socket
+    box = make()
     box.hold("e1")
     box.offer(status(3, "live"))  # arrives between subscribing and the snapshot
-    assert texts(protocol.transport) == []
+    with pytest.raises(asyncio.TimeoutError):
+        await ws.receive(timeout=0.2)
     box.offer_snapshot("e1", [status(3, "live")], upto=3)
     box.offer(status(4))
-    assert texts(protocol.transport) == [status(3, "live").text, status(4).text]
+    assert await received(ws, 2) == [status(3, "live").text, status(4).text]
+
+
+async def test_a_client_that_closes_first_is_answered_and_nothing_more_is_sent(outbox_socket):
+    make, side, ws = outbox_socket
+    box = make()
+    box.offer(status(1))
+    assert await received(ws, 1) == [status(1).text]
+    await ws.close(code=1000)
+    assert (await side.read_ended).type == WSMsgType.CLOSE
+    assert ws.close_code == 1000  # our answer reached it
+    assert not box.offer(status(2))
 
 
 async def test_hub_reads_survive_losing_their_connection(user, sql, database_url):

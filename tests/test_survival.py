@@ -20,6 +20,8 @@ from service.dev.embedded_db import start_embedded_postgres
 from .actors import Actor, auth, token_for
 from .servers import start_server
 
+pytestmark = pytest.mark.both_change_sources
+
 
 async def read_until_closed(ws, timeout: float = 20) -> tuple[list[dict], int | None]:
     """Every status message until the server closes the socket, and the close code."""
@@ -48,13 +50,14 @@ async def final_rows(database_url: str, ids: list[str]) -> dict[str, tuple[str, 
 
 # -- two processes, one database -------------------------------------------------------------
 
-async def test_two_processes_on_one_database_each_socket_receives_every_change(database_url, sql, tmp_path):
+async def test_two_processes_on_one_database_each_socket_receives_every_change(
+        database_url, sql, tmp_path, change_source):
     token = token_for("two-processes", "admin")
     servers = []
     try:
         for n in range(2):
             with open(tmp_path / f"server{n}.log", "wb") as log_file:
-                servers.append(await start_server(database_url, log_file))
+                servers.append(await start_server(database_url, log_file, CHANGE_SOURCE=change_source))
         ports = [port for _, port in servers]
         async with aiohttp.ClientSession(headers=auth(token)) as session:
             async with session.post(f"http://127.0.0.1:{ports[0]}/api/v1/workflows",
@@ -244,10 +247,11 @@ async def test_postgres_restarted_under_100_sockets_every_socket_ends_with_the_l
 STORM_CLIENTS = 300
 
 
-async def test_reconnect_storm_every_client_resumes_with_since(database_url, sql, tmp_path):
+async def test_reconnect_storm_every_client_resumes_with_since(database_url, sql, tmp_path, change_source):
     token = token_for("storm", "admin")
     with open(tmp_path / "server.log", "wb") as log_file:
-        process, port = await start_server(database_url, log_file, WS_MAX_SOCKETS_PER_SUBJECT="1000")
+        process, port = await start_server(database_url, log_file, WS_MAX_SOCKETS_PER_SUBJECT="1000",
+                                           CHANGE_SOURCE=change_source)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession(headers=auth(token)) as session:

@@ -1,7 +1,7 @@
 """Request id and access log for every request, which is also kept among the requests in flight
 (a shutdown lets them finish first), and the one JSON shape for every error.
 
-WebSocket routes skip the middlewares (`not_for_sockets`); socket_handshake.py does their edge
+WebSocket routes skip the middlewares (`not_for_routes`); socket_handshake.py does their edge
 work once, at the handshake.
 """
 
@@ -48,8 +48,8 @@ def bind_request_id(request: web.Request) -> str:
     return request_id
 
 
-def not_for_sockets(middleware):
-    """`middleware` for every route but the WebSocket ones (their handlers marked `websocket`).
+def not_for_routes(names: frozenset[str], middleware):
+    """`middleware` for every route but those named: the WebSocket routes (routes.SOCKET_ROUTES).
 
     A middleware awaiting a handler keeps its frame for as long as the handler runs, and a
     socket's handler runs for as long as the socket is open: about 300 bytes a middleware, for
@@ -57,9 +57,11 @@ def not_for_sockets(middleware):
     """
     @web.middleware
     def for_http(request: web.Request, handler):
-        # Not a coroutine function: for a socket, the handler's own coroutine is handed back,
-        # so nothing of this stays suspended beside it.
-        if getattr(request.match_info.handler, "websocket", False):
+        # Not a coroutine function: for a named route, the handler's own coroutine is handed back
+        # for aiohttp to await, so nothing of this stays suspended beside it. (An unknown path
+        # or method has a route too, nameless: it gets the middlewares, and its 404 or 405 the
+        # one error shape.)
+        if request.match_info.route.name in names:
             return handler(request)
         return middleware(request, handler)
     return for_http

@@ -6,6 +6,7 @@
     subscription_hub   which sockets watch what; one read per batch (change_reader), one encoding
     messages           the wire format, built once per change
     socket_outbox      each socket's bounded queue, written at once or by a writer of its own
+    frame_transport    the frames written to each socket's connection, its flow control and close
     ws_handlers        the two socket routes: handshake (socket_handshake), subscribe, read loop
 
 Beside them: read_batcher (new subscribers read together), heartbeat and expiry_timer (one ping

@@ -3,9 +3,9 @@
 import dataclasses
 import datetime
 import json
-import struct
 
 from ..db.state_machine import TERMINAL_EXECUTION_STATUSES as TERMINAL_STATUSES
+from .frame_transport import ping_frame, text_frame
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -26,34 +26,14 @@ class Event:
         object.__setattr__(self, "frame", text_frame(self.text))
 
 
-TEXT_OPCODE, CLOSE_OPCODE, PING_OPCODE, PONG_OPCODE = 0x1, 0x8, 0x9, 0xA
-
-
-def server_frame(opcode: int, payload: bytes) -> bytes:
-    """An unmasked, uncompressed, final WebSocket frame (RFC 6455 5.2): what a server sends."""
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x80 | opcode, size)
-    elif size < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
-    return header + payload
-
-
-def text_frame(text: str) -> bytes:
-    return server_frame(TEXT_OPCODE, text.encode())
-
-
-def control_event(opcode: int, payload: bytes = b"") -> Event:
-    """A ping or pong to queue like any message (a control frame carries at most 125 bytes,
-    RFC 6455 5.5)."""
+def control_event(frame: bytes) -> Event:
+    """A ping or a pong, queued like any message so that it keeps its place among them."""
     event = Event("", 0, "control", "")
-    object.__setattr__(event, "frame", server_frame(opcode, payload[:125]))
+    object.__setattr__(event, "frame", frame)
     return event
 
 
-PING = control_event(PING_OPCODE)  # the same frame for every socket
+PING = control_event(ping_frame())  # the same frame for every socket
 
 
 def encode(message: dict) -> str:

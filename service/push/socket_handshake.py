@@ -1,6 +1,6 @@
 """A WebSocket's handshake, with the edge work the HTTP middlewares do for every other request.
 
-Socket routes skip the middlewares (http_middlewares.not_for_sockets): a middleware keeps a
+Socket routes skip the middlewares (http_middlewares.not_for_routes): a middleware keeps a
 suspended frame for as long as the handler runs, and a socket's handler runs as long as the
 socket is open. So it is done here, once: the request id on the socket's log lines, the Origin
 check, the access log line and the count by route and status, a refused handshake's answer in
@@ -17,6 +17,7 @@ from ..api.http_middlewares import bind_request_id, http_error_body
 from ..auth import InvalidToken, Principal, token_from_request, verify_token
 from ..metrics import count_request
 from ..typedefs import config_key
+from .frame_transport import websocket_response
 
 log = structlog.get_logger(__name__)
 
@@ -35,14 +36,7 @@ async def accept(request: web.Request) -> tuple[web.StreamResponse, Principal | 
     refused = origin_refused(request)
     if refused is not None:
         return answered(request, refused), None
-    # No permessage-deflate: frames are built once per change and written as they are to every
-    # socket (compression would be per socket, and status messages are small).
-    # autoclose off: the outbox sends the close frame itself and the session's read loop gets the
-    # answer (SocketOutbox.finish completes the handshake either way).
-    # heartbeat and autoping off: heartbeat.py pings every socket on one timer, and the session
-    # answers the peer's pings itself (SocketSession.answer).
-    ws = web.WebSocketResponse(heartbeat=None, autoping=False, max_msg_size=config.ws_max_message_bytes,
-                               compress=False, autoclose=False)
+    ws = websocket_response(max_msg_size=config.ws_max_message_bytes)
     try:
         await ws.prepare(request)
     except web.HTTPException as exc:  # not a WebSocket handshake (no Upgrade header, a bad key, ...)

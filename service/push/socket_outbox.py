@@ -1,17 +1,15 @@
-"""One socket's bounded send queue: written straight to the transport while the socket keeps up,
-through a writer task of its own only while it does not, so no socket waits on another."""
+"""One socket's bounded send queue: written at once while the socket keeps up, through a writer
+task of its own only while it does not, so no socket waits on another."""
 
 import asyncio
 import collections
-import struct
 from collections.abc import KeysView
 
 import structlog
-from aiohttp import web
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_websocket import WSCloseCode
+from aiohttp import WSCloseCode
 
-from .messages import CLOSE_OPCODE, PING, PONG_OPCODE, Event, control_event, server_frame
+from .frame_transport import FrameTransport, pong_frame
+from .messages import PING, Event, control_event
 
 log = structlog.get_logger(__name__)
 
@@ -24,21 +22,21 @@ class SocketOutbox:
     """Events queued for one WebSocket.
 
     Per execution, only events newer than the last accepted `seq` get in, so a snapshot and a
-    live change that carry the same state are sent once. While nothing is queued and the
-    transport is not paused, an event's frame (encoded once for every socket) is written at
-    once; otherwise it is queued and a writer task, started then and gone once the queue is
-    empty, sends it. A queued `status` that is still waiting is replaced by a newer one (latest
-    wins); every other message keeps its place. A full queue, or a frame that cannot leave within
-    the send timeout, closes the socket with 1013.
+    live change that carry the same state are sent once. While nothing is queued and the peer
+    is not behind, an event's frame (encoded once for every socket) is written at once;
+    otherwise it is queued and a writer task, started then and gone once the queue is empty,
+    sends it. A queued `status` that is still waiting is replaced by a newer one (latest wins);
+    every other message keeps its place. A full queue, or a frame that cannot leave within the
+    send timeout, closes the socket with 1013. A close frame leaves after what is to be sent
+    before it; the connection (frame_transport.py) does the rest of the closing handshake.
     """
 
-    __slots__ = ("_ws", "_protocol", "_capacity", "_send_timeout", "_close_on_terminal", "_metrics",
-                 "_queue", "_writer", "_cursors", "_held", "_close", "_close_timer", "unanswered_ping")
+    __slots__ = ("_frames", "_capacity", "_send_timeout", "_close_on_terminal", "_metrics",
+                 "_queue", "_writer", "_cursors", "_held", "_close", "unanswered_ping")
 
-    def __init__(self, ws: web.WebSocketResponse, protocol: BaseProtocol, *, capacity: int,
-                 send_timeout: float, close_on_terminal: bool = True, metrics=None):
-        self._ws = ws
-        self._protocol = protocol  # the connection's: its transport and its flow control
+    def __init__(self, frames: FrameTransport, *, capacity: int, send_timeout: float,
+                 close_on_terminal: bool = True, metrics=None):
+        self._frames = frames
         self._capacity = capacity
         self._send_timeout = send_timeout
         self._close_on_terminal = close_on_terminal
@@ -50,8 +48,8 @@ class SocketOutbox:
         self._cursors: dict[str, int] = {}
         # Executions being caught up: their live events wait here until the snapshot is in.
         self._held: dict[str, list[Event]] | None = None
+        # The close asked for (code, reason), or PEER_GONE: from then on nothing more is sent.
         self._close: tuple[int, str] | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
         # Set by ping(), cleared by heard(): still set at the next heartbeat round means the peer is gone.
         self.unanswered_ping = False
 
@@ -63,6 +61,11 @@ class SocketOutbox:
     @property
     def closing(self) -> bool:
         return self._close is not None
+
+    @property
+    def close_code(self) -> int | None:
+        """The code this side closed with; None if the peer closed first or was lost."""
+        return None if self._close in (None, PEER_GONE) else int(self._close[0])
 
     def offer(self, event: Event) -> bool:
         """Send or queue an event without waiting; False when it was not needed or the socket is closing."""
@@ -159,17 +162,16 @@ class SocketOutbox:
     def send_pong(self, payload: bytes) -> None:
         """The answer a ping from the peer is owed (RFC 6455 5.5.2), in order with the rest."""
         if self._close is None:
-            self._send(control_event(PONG_OPCODE, payload))
+            self._send(control_event(pong_frame(payload)))
 
     def drop_silent_peer(self) -> None:
-        """No frame since the last ping: drop the connection (no close frame, as for a lost one)."""
+        """No frame since the last ping: drop the connection, and what is buffered for it, with
+        no close frame (as for a lost one; a peer that reads nothing would never take one)."""
         log.info("ws.peer_silent")
         self._close = PEER_GONE
         if self._queue:
             self._queue.clear()
-        transport = self._protocol.transport
-        if transport is not None:
-            transport.close()
+        self._frames.abort()
 
     def close(self, code: int, reason: str, *, drain: bool) -> None:
         """Close the socket once the queue is sent (drain) or at once, dropping what is queued."""
@@ -179,33 +181,18 @@ class SocketOutbox:
         if not drain and self._queue:
             self._queue.clear()
         if self._writer is None:
-            self._send_close()
+            self._frames.send_close(code, reason, answer_within=self._send_timeout)
         # else the writer sends the close frame once it is done
-
-    def _send_close(self) -> None:
-        """Our half of the closing handshake: the close frame now; the socket's reader gets the
-        peer's answer and then finish() drops the connection. A peer that does not answer within
-        the send timeout is dropped anyway (once what is buffered for it is out)."""
-        transport = self._protocol.transport
-        if transport is None or transport.is_closing() or self._ws.closed:
-            return
-        code, reason = self._close
-        transport.write(server_frame(CLOSE_OPCODE, struct.pack("!H", code) + reason.encode()[:123]))
-        self._close_timer = asyncio.get_running_loop().call_later(self._send_timeout, transport.close)
 
     # -- sending -----------------------------------------------------------------------------
 
     def _send(self, event: Event) -> bool:
-        """In order after whatever is queued; at once when nothing is and the transport takes it."""
-        if self._writer is None and not self._queue:
-            transport = self._protocol.transport
-            if transport is None or self._ws.closed:
-                return True  # the peer is gone or going: the reader notices and ends the socket
-            if not self._protocol.writing_paused:
-                transport.write(event.frame)
-                if event.terminal and self._close_on_terminal:
-                    self.close(CLOSE_FINISHED, "finished", drain=False)
-                return True
+        """In order after whatever is queued; at once when nothing is and the peer keeps up."""
+        # A closing connection "takes" it too, unsent: its reader notices and ends the socket.
+        if self._writer is None and not self._queue and self._frames.write_now(event.frame):
+            if event.terminal and self._close_on_terminal:
+                self.close(CLOSE_FINISHED, "finished", drain=False)
+            return True
         return self._append(event)
 
     def _append(self, event: Event) -> bool:
@@ -231,21 +218,19 @@ class SocketOutbox:
     async def _write_queued(self) -> None:
         """The writer, while needed: send queued frames in order, each within the send timeout,
         then the close frame if a close was asked for."""
-        protocol = self._protocol
+        frames = self._frames
         try:
             # self._queue, not a local: a catch-up may replace it while this waits
-            while self._queue and self._close != PEER_GONE:
-                event = self._queue.popleft()
-                transport = protocol.transport
-                if transport is None or self._ws.closed:
+            while self._queue:
+                if frames.closing:
                     self._close = PEER_GONE
                     break
-                transport.write(event.frame)
-                if protocol.writing_paused:
+                event = self._queue.popleft()
+                frames.write(event.frame)
+                if frames.paused:
                     try:
                         async with asyncio.timeout(self._send_timeout):
-                            # aiohttp's own flow control (what its WebSocket writer awaits too)
-                            await protocol._drain_helper()
+                            await frames.drain()
                     except TimeoutError:
                         self._too_slow("send_timeout")
                         break
@@ -256,26 +241,19 @@ class SocketOutbox:
             self._close = PEER_GONE
         finally:
             self._writer = None
-        if self._close is not None and self._close != PEER_GONE:
-            self._send_close()
+        if self._close not in (None, PEER_GONE):
+            code, reason = self._close
+            frames.send_close(code, reason, answer_within=self._send_timeout)
 
     async def finish(self) -> None:
-        """The socket's reading ended (its WebSocket has autoclose off): the peer answered our
-        close frame, or closed first and gets its answer here, or is gone."""
+        """The socket's reading has ended: the peer answered our close frame, or closed first,
+        or is gone, or the session failed. What is still queued stays unsent; the closing
+        handshake completes (a peer that closed first is answered with 1000, as aiohttp would)."""
         if self._writer is not None:
             self._writer.cancel()
-        if self._close_timer is not None:
-            # Our close frame went out and the peer answered (or the connection is lost).
-            self._close_timer.cancel()
-            if self._protocol.transport is not None:
-                self._protocol.transport.close()
-            return
-        # Closed by the peer (answered with 1000, as aiohttp's autoclose would), or our close had
-        # not left yet because a frame was still waiting for this peer.
-        code, reason = (CLOSE_FINISHED, "") if self._close in (None, PEER_GONE) else self._close
-        self._close = PEER_GONE
-        try:
-            async with asyncio.timeout(self._send_timeout):
-                await self._ws.close(code=code, message=reason.encode(), drain=False)
-        except (TimeoutError, ConnectionError):
-            pass
+        code, reason = CLOSE_FINISHED, ""
+        if self._close in (None, PEER_GONE):
+            self._close = PEER_GONE
+        else:
+            code, reason = self._close  # ours, sent already or still waiting behind queued frames
+        await self._frames.finish_close(code, reason, timeout=self._send_timeout)

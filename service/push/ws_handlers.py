@@ -11,7 +11,7 @@ import uuid
 
 import psycopg2
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..api.schemas import STATUSES
 from ..auth import InvalidToken, Principal, verify_token
@@ -20,6 +20,7 @@ from ..db.outages import is_database_outage
 from ..typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_counts_key, token_expiries_key
 from . import messages, socket_handshake
 from .expiry_timer import ExpiryTimer
+from .frame_transport import FrameTransport
 from .socket_handshake import CLOSE_UNAUTHORIZED
 from .socket_limits import CLOSE_TOO_MANY_SOCKETS, MessageRate
 from .socket_outbox import SocketOutbox
@@ -27,9 +28,9 @@ from .subscription_hub import FeedFilter, SubscriptionHub
 
 log = structlog.get_logger(__name__)
 
-CLOSE_FINISHED = 1000
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013  # the database is unavailable: reconnect and resume
+CLOSE_FINISHED = WSCloseCode.OK
+CLOSE_INTERNAL_ERROR = WSCloseCode.INTERNAL_ERROR
+CLOSE_TRY_AGAIN_LATER = WSCloseCode.TRY_AGAIN_LATER  # the database is unavailable: reconnect and resume
 CLOSE_NOT_FOUND = 4404
 NOT_FOUND = "no such execution"
 # What ends a socket's read loop: a close frame from the peer, or the connection gone.
@@ -64,14 +65,14 @@ class SocketSession:
     __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "rate", "expiries",
                  "_expiry")
 
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, principal: Principal, config: Config,
-                 hub: SubscriptionHub, expiries: ExpiryTimer, *, single_execution: bool):
+    def __init__(self, ws: web.WebSocketResponse, frames: FrameTransport, principal: Principal,
+                 config: Config, hub: SubscriptionHub, expiries: ExpiryTimer, *, single_execution: bool):
         self.ws = ws
         self.principal = principal
         self.config = config
         self.hub = hub
         self.single_execution = single_execution
-        self.outbox = SocketOutbox(ws, request.protocol, capacity=config.ws_outbox_capacity,
+        self.outbox = SocketOutbox(frames, capacity=config.ws_outbox_capacity,
                                    send_timeout=config.ws_send_timeout_seconds,
                                    close_on_terminal=single_execution, metrics=hub.metrics)
         self.rate: MessageRate | None = None  # made by the first message: most sockets never send one
@@ -252,12 +253,15 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
     ws, principal = await socket_handshake.accept(request)
     if principal is None:
         return ws
+    frames = await FrameTransport.of(ws, request)
+    if frames is None:
+        return ws  # gone during the handshake
     app = request.app
     sockets, heartbeat, metrics = app[socket_counts_key], app[heartbeat_key], app[metrics_key]
     if not sockets.admit(principal.sub):
         await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
         return ws
-    session = SocketSession(request, ws, principal, app[config_key], app[hub_key], app[token_expiries_key],
+    session = SocketSession(ws, frames, principal, app[config_key], app[hub_key], app[token_expiries_key],
                             single_execution=single_execution)
     heartbeat.add(session.outbox)
     metrics.open_sockets.inc()
@@ -285,22 +289,17 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
         metrics.open_sockets.dec()
         heartbeat.discard(session.outbox)
         sockets.release(principal.sub)
-    log.info("ws.closed", code=ws.close_code)
+    code = session.outbox.close_code or ws.close_code  # ours, else the peer's (or 1006: lost)
+    log.info("ws.closed", code=None if code is None else int(code))
     return ws
 
 
-def socket_handler(*, single_execution: bool):
-    """A route handler for serve_socket. A partial, not a wrapper coroutine (one frame fewer per
-    socket), marked so the HTTP middlewares let it be (http_middlewares.not_for_sockets)."""
-    handler = functools.partial(serve_socket, single_execution=single_execution)
-    handler.websocket = True
-    return handler
-
-
+# Partials, not wrapper coroutines: one frame fewer per open socket. (routes.py names their
+# routes, so that the HTTP middlewares leave them be.)
 # /api/v1/ws/executions/{id}: the current status, then every change, then 1000 when it ends.
-execution_socket = socket_handler(single_execution=True)
+execution_socket = functools.partial(serve_socket, single_execution=True)
 # /api/v1/ws: subscribe and unsubscribe to executions and to the executions feed.
-multiplexed_socket = socket_handler(single_execution=False)
+multiplexed_socket = functools.partial(serve_socket, single_execution=False)
 
 
 async def watch_path_execution(request: web.Request, session: SocketSession) -> bool:
