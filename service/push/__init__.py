@@ -1,7 +1,8 @@
 """The push path, read top down: a change in PostgreSQL reaches every socket watching it.
 
-    pg_listener        one LISTEN connection per process: batches of {execution id: seq}
-      or wal_listener  one logical replication connection instead, decoding the triggers' WAL
+    change_source      which listener (config change_source), and `announce` to switch:
+      pg_listener      one LISTEN connection per process: batches of {execution id: seq}
+      wal_listener     or one logical replication connection, decoding the triggers' WAL
                        messages (pgoutput reads them; decoding_preflight checks the server first)
     subscription_hub   which sockets watch what; one read per batch (change_reader), one encoding
     messages           the wire format, built once per change
