@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg2
 import structlog
 
 from .auth import ROLES, issue_token
@@ -234,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except ChangeSourceRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
+    except psycopg2.OperationalError as exc:
+        print(f"cannot reach the database: {str(exc).strip()}", file=sys.stderr)
+        return 1
     return 0
 
 

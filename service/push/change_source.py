@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 # How each source's connection names itself, in pg_stat_activity.
 LISTENER_NAMES = {"notify": pg_listener.APPLICATION_NAME, "wal": wal_listener.APPLICATION_NAME}
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
 
 
 class ChangeListener(Protocol):
@@ -82,11 +83,6 @@ class ChangeSourceRefused(Exception):
     """The database cannot serve or switch to the change source asked for; says what to change."""
 
 
-INSUFFICIENT_PRIVILEGE = "42501"
-# SQLSTATE 55000, object_not_in_prerequisite_state: set_change_sources refuses 'wal' below
-# wal_level = logical.
-NOT_PREPARED = "55000"
-
 
 async def prepare(config: Config) -> None:
     """Before serving with the wal source: the triggers announce through the WAL too, and the push
@@ -98,13 +94,11 @@ async def prepare(config: Config) -> None:
         async with aiopg.create_pool(config.database_url, minsize=1, maxsize=1, enable_hstore=False) as pool:
             await repository.include_change_source(pool, "wal")
     except psycopg2.Error as exc:
-        if exc.pgcode == NOT_PREPARED:
-            raise ChangeSourceRefused(f"change_source = wal: {exc.diag.message_primary} "
-                                      f"({exc.diag.message_hint})") from None
-        if exc.pgcode is not None:
-            raise
-        log.warning("change_source.database_unreachable", error=str(exc).strip()[:200])
-        return
+        if exc.pgcode is None:  # no answer from the server
+            log.warning("change_source.database_unreachable", error=str(exc).strip()[:200])
+            return
+        # Refused by the server: wal_level below logical, no right to create the publication.
+        raise ChangeSourceRefused(f"change_source = wal: {refusal(exc)}") from None
     where = "push_database_url" if config.push_database_url else "database_url"
     try:
         await check_decoding(config.push_dsn, timeout=config.listener_ping_seconds * 2)
@@ -129,6 +123,12 @@ async def switch(config: Config, sources: list[str], *, force: bool) -> list[str
         try:
             return await repository.set_change_sources(pool, sources)
         except psycopg2.Error as exc:
-            if exc.pgcode == NOT_PREPARED:
-                raise ChangeSourceRefused(f"{exc.diag.message_primary} ({exc.diag.message_hint})") from None
-            raise
+            if exc.pgcode is None:
+                raise
+            raise ChangeSourceRefused(refusal(exc)) from None
+
+
+def refusal(exc: psycopg2.Error) -> str:
+    """What the server said, and its hint when it gave one."""
+    hint = exc.diag.message_hint
+    return f"{exc.diag.message_primary} ({hint})" if hint else exc.diag.message_primary
