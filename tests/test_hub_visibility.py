@@ -31,7 +31,8 @@ async def test_a_status_announced_before_it_is_visible_reaches_its_socket(client
         # The announcement of seq 2 comes first; the commit that makes it, 30 ms later.
         await asyncio.gather(
             hub.on_notified({execution["id"]: 2}),
-            commit_later(sql, 0.03, "UPDATE executions SET status = 'running' WHERE id = %s", (execution["id"],)))
+            commit_later(sql, 0.03, "UPDATE executions SET status = 'running' WHERE id = %s",
+                         (execution["id"],)))
         message = await next_status(ws, timeout=1)  # the reconcile is 30 s away
         assert (message["status"], message["seq"]) == ("running", 2)
 

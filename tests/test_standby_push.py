@@ -42,7 +42,8 @@ async def write_logs(url: str, execution_ids: list[str], lines: int) -> None:
 
 async def committed_log_seqs(url: str, execution_id: str) -> list[int]:
     async with cursor(url) as cur:
-        await cur.execute("SELECT seq FROM execution_logs WHERE execution_id = %s ORDER BY seq", (execution_id,))
+        await cur.execute("SELECT seq FROM execution_logs WHERE execution_id = %s ORDER BY seq",
+                          (execution_id,))
         return [seq for seq, in await cur.fetchall()]
 
 
@@ -74,7 +75,8 @@ async def test_a_socket_opened_just_after_rest_created_the_execution_gets_it_fro
             assert (snapshot["execution_id"], snapshot["status"]) == (execution["id"], "pending")
 
 
-async def test_a_restarted_standby_loses_nothing_and_readyz_tells_the_truth(on_standby, standby, database_url, sql):
+async def test_a_restarted_standby_loses_nothing_and_readyz_tells_the_truth(
+        on_standby, standby, database_url, sql):
     client = await on_standby(listener_backoff_max_seconds=0.2)
     user = Actor(client)
     workflow = await user.create_workflow()

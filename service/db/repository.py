@@ -111,8 +111,8 @@ async def get_executions(pool: aiopg.Pool, execution_ids: list[str]) -> list[dic
 async def execution_wal_position(pool: aiopg.Pool, execution_id: str) -> str | None:
     """The primary's current WAL position if the execution exists (so a standby that has replayed
     that far has it too); None if it does not."""
-    row = await _fetch_one(pool, "SELECT pg_current_wal_lsn()::text AS position FROM executions WHERE id = %s",
-                           (execution_id,))
+    row = await _fetch_one(
+        pool, "SELECT pg_current_wal_lsn()::text AS position FROM executions WHERE id = %s", (execution_id,))
     return row["position"] if row else None
 
 

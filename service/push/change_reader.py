@@ -155,7 +155,8 @@ class PreparedReader:
     async def execution_seqs(self, execution_ids: list[str]) -> dict[str, int]:
         return dict(await self._execute("EXECUTE seqs(%s::uuid[])", (execution_ids,)))
 
-    async def catch_up(self, requests: list[tuple[str, int | None, str | None]], log_tail: int) -> list[list[tuple]]:
+    async def catch_up(self, requests: list[tuple[str, int | None, str | None]],
+                       log_tail: int) -> list[list[tuple]]:
         """For each (execution_id, since, viewer): its rows (kind, execution_id, seq, data), the
         head first; no rows when it does not exist or the viewer (None: anyone) may not see it."""
         ids, sinces, viewers = zip(*requests)

@@ -133,7 +133,8 @@ class SocketSession:
         # Permissions are those of the token in force: drop what the new one may not see.
         feed = self.hub.feed_of(self.outbox)
         if feed is not None and feed.viewer != self._feed_viewer(principal):
-            self.hub.subscribe_feed(self.outbox, dataclasses.replace(feed, viewer=self._feed_viewer(principal)))
+            moved = dataclasses.replace(feed, viewer=self._feed_viewer(principal))
+            self.hub.subscribe_feed(self.outbox, moved)
         if self.outbox.watching:
             owners = await self.hub.owners(list(self.outbox.watching))
             for execution_id in list(self.outbox.watching):
