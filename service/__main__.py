@@ -16,6 +16,7 @@ import structlog
 from .auth import ROLES, issue_token
 from .config import Config, ConfigError, load_config, load_config_and_sources
 from .db.migrations import apply_migrations
+from .listen_address import CannotListen, ensure_can_listen
 from .logging_config import configure_logging
 from .push.change_source import ChangeSourceRefused
 
@@ -57,6 +58,7 @@ def with_secret(config: Config) -> Config:
 
 
 def serve(config: Config) -> None:
+    ensure_can_listen(config)
     development = config.embedded_database
     config = with_development_defaults(config)
     asyncio.run(apply_migrations(config.database_url))
@@ -147,18 +149,10 @@ def announce(config: Config, through: str, force: bool) -> None:
     print(f"changes are announced through: {' and '.join(now)}")
 
 
-async def watch(config: Config, execution_id: str, since: int | None) -> None:
-    """A minimal WebSocket client: print every message about one execution."""
-    import aiohttp
-
-    token = issue_token(config.jwt_secret, "developer", "admin", 3600)
-    url = f"http://{config.host}:{config.port}/api/v1/ws/executions/{execution_id}"
-    params = {"since": str(since)} if since is not None else {}
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url, params=params, headers={"Authorization": f"Bearer {token}"}) as ws:
-            async for msg in ws:
-                print(msg.data, flush=True)
-            print(f"closed with code {ws.close_code}", flush=True)
+def watch_url(config: Config) -> str:
+    """The server this configuration runs, as a client reaches it (a wildcard address is this machine)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
+    return f"http://[{host}]:{config.port}" if ":" in host else f"http://{host}:{config.port}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     announce_parser.add_argument("--force", action="store_true",
                                  help="drop a source even while service processes still listen through it")
     commands.add_parser("psql", help="psql against the configured database (extra arguments pass through)")
-    watch_parser = commands.add_parser("watch", help="print the live messages of one execution")
+    watch_parser = commands.add_parser(
+        "watch", help="print the live messages of one execution, one JSON line each, until it finishes "
+                      "(exit 0); reconnects with since when the server restarts; exit 1 when refused")
     watch_parser.add_argument("execution_id")
-    watch_parser.add_argument("--since", type=int)
+    watch_parser.add_argument("--since", type=int, help="start after this seq instead of with a snapshot")
+    watch_parser.add_argument("--url", help="the service, e.g. through a proxy (default: HOST and PORT)")
     demo = commands.add_parser("demo-worker", help="run executions through their nodes in SQL, for the dashboard")
     demo.add_argument("--speed", type=float, default=1.0, help="time factor (2 = twice as fast)")
     demo.add_argument("--concurrency", type=int, default=3, help="executions run at once")
@@ -227,8 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo-worker":
             demo_worker(config, args)
         elif args.command == "watch":
+            from .watch_command import WatchFailed, watch
+
             config = with_secret(config)
-            asyncio.run(watch(config, args.execution_id, args.since))
+            base_url = (args.url or watch_url(config)).rstrip("/")
+            secret = config.jwt_secret
+            try:
+                asyncio.run(watch(base_url, args.execution_id, args.since,
+                                  make_token=lambda: issue_token(secret, "developer", "admin", 3600)))
+            except WatchFailed as exc:
+                print(exc, file=sys.stderr)
+                return 1
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -238,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     except psycopg2.OperationalError as exc:
         print(f"cannot reach the database: {str(exc).strip()}", file=sys.stderr)
         return 1
+    except CannotListen as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C while a command runs (serve handles its own once serving): no traceback.
+        return 130
     return 0
 
 

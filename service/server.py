@@ -10,6 +10,7 @@ from aiohttp import WSCloseCode, web
 
 from .app import background
 from .config import Config
+from .listen_address import cannot_listen
 from .systemd_notify import SystemdNotifier
 from .typedefs import hub_key, listener_key, listener_task_key, shutdown_key
 
@@ -27,7 +28,14 @@ async def serve_until_signalled(app: web.Application, config: Config, on_ready: 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     notifier = SystemdNotifier()
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        # Taken since ensure_can_listen looked: close what the startup opened (pool, listener),
+        # so the one line below is all that is said.
+        app[shutdown_key].start()
+        await shut_down(app, runner, site)
+        raise cannot_listen(config, exc) from None
 
     # Ready means push is live, not merely that the port accepts: until the listener connects,
     # /readyz answers 503 and systemd hears nothing but a STATUS.

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,8 +20,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def start_server(database_url: str, log_file, **env) -> tuple[asyncio.subprocess.Process, int]:
-    port = free_port()
+async def start_server(database_url: str, log_file, port: int | None = None,
+                       **env) -> tuple[asyncio.subprocess.Process, int]:
+    """A server on `port` (a restarted one, on its predecessor's), else on a free port."""
+    port = port or free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", "serve",
         env={**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET, "PORT": str(port),
@@ -52,3 +55,15 @@ def wait_ready(base: str, process: subprocess.Popen) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("server did not become ready")
+
+
+async def stop_server(process: asyncio.subprocess.Process) -> int:
+    """SIGTERM, as systemd stops it; killed if it is still there 15 s later. Its exit status."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+    return process.returncode
