@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test migrate token psql clean
+.PHONY: run demo test system-test-packages migrate token psql clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ run: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/python -m service demo-worker --submit-every 8 $(DEMO_ARGS)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test system-test-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Debian's chromium and nginx, which the browser and proxy tests drive: silent when present,
+# installed when missing and allowed, else one line saying what to install.
+system-test-packages:
+	@sh tests/system_packages.sh
 
 migrate: $(VENV)/.installed
 	$(BIN)/python -m service migrate

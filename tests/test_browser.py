@@ -1,7 +1,7 @@
 """The dashboard and live-client.js in a real browser: headless Chromium driven by Playwright,
 against real `python -m service serve` processes, with a worker writing plain SQL.
 
-Needs Debian's `chromium` (.ci/run installs it); without a browser these tests fail, they do not
+Needs Debian's `chromium` (`make test` installs it); without a browser these tests fail, they do not
 skip. A screenshot of the dashboard mid-run lands in test-output/."""
 
 import asyncio
@@ -31,7 +31,7 @@ def chromium_path() -> str:
     path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
         pytest.fail("no Chromium for the browser tests: install Debian's package "
-                    "(apt-get update && apt-get install -y chromium; .ci/run does this), or set CHROMIUM",
+                    "(apt-get update && apt-get install -y chromium; make test does this), or set CHROMIUM",
                     pytrace=False)
     return path
 
