@@ -36,4 +36,10 @@ async def test_development_token_only_for_a_browser_on_this_machine(aiohttp_clie
     # Another site whose name resolves to 127.0.0.1 (DNS rebinding) reads the page under its name.
     page = await (await client.get("/", headers={"Host": "attacker.example:8037"})).text()
     assert DEV_META not in page and token not in page
+    # Through a proxy on this machine the connection comes from 127.0.0.1, whoever the visitor is,
+    # and the Host is the visitor's to choose.
+    for proxied in ({"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"},
+                    {"X-Real-IP": "203.0.113.7"}):
+        page = await (await client.get("/", headers={"Host": "localhost", **proxied})).text()
+        assert DEV_META not in page and token not in page, proxied
 

@@ -16,9 +16,17 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
 dev_token_key = web.AppKey("dev_token", str)
 
 
+# Set by a proxy on this machine (config/nginx.conf sets X-Forwarded-For): the connection then
+# comes from 127.0.0.1 whoever the visitor is, and the Host is whatever the visitor sent.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
 def _loopback(request: web.Request) -> bool:
     """A browser on this machine, addressing it by a loopback name: not a visitor from the network,
-    and not another site that rebinds its DNS name to 127.0.0.1 (its Host would be its own name)."""
+    not one through a proxy, and not another site that rebinds its DNS name to 127.0.0.1 (its Host
+    would be its own name)."""
+    if any(header in request.headers for header in PROXY_HEADERS):
+        return False
     try:
         remote_is_loopback = ipaddress.ip_address(request.remote or "").is_loopback
     except ValueError:
