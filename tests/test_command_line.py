@@ -1,8 +1,9 @@
 """The command line as a person meets it, in real processes: `watch` ends with a one-line reason
 and a status a script can test, reconnects across a server restart; `serve` on a busy port says
-so in one line."""
+so in one line (and, in process, when the port is taken a moment too late for its early check)."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -10,6 +11,11 @@ import sys
 
 import aiohttp
 import pytest
+
+from service.app import create_app
+from service.listen_address import CannotListen
+from service.server import serve_until_signalled
+from service.typedefs import config_key, db_pool_key, listener_task_key
 
 from .actors import JWT_SECRET, auth, token_for
 from .servers import free_port, start_server, stop_server
@@ -147,3 +153,13 @@ async def test_a_second_serve_on_a_busy_port_says_so_in_one_line_and_exits_1(dat
     async with aiohttp.ClientSession() as session:  # the first one serves on
         async with session.get(f"http://127.0.0.1:{server}/readyz") as response:
             assert response.status == 200
+
+
+async def test_a_port_taken_after_the_early_check_undoes_the_startup_and_says_so(config, server):
+    """The race ensure_can_listen cannot close: the port is taken between its look and the bind.
+    The pool and the listener the startup opened are closed, and only the one line is raised."""
+    app = create_app(dataclasses.replace(config, port=server))
+    with pytest.raises(CannotListen, match=f"^port {server} is already in use on 127.0.0.1 "):
+        await serve_until_signalled(app, app[config_key], on_ready=lambda: None)
+    assert app[listener_task_key].done()
+    assert app[db_pool_key].closed
