@@ -77,14 +77,16 @@ export interface PongMessage {
   type: 'pong';
 }
 
-/** Every message a socket of /api/v1/ws/executions/{id} receives (new types may be added: ignore unknown ones). */
-export type ServerMessage = StatusMessage | NodeMessage | LogMessage | SyncedMessage | ErrorMessage | PongMessage;
+/** Every message a socket of /api/v1/ws/executions/{id} receives (new types may come: ignore them). */
+export type ServerMessage =
+  StatusMessage | NodeMessage | LogMessage | SyncedMessage | ErrorMessage | PongMessage;
 
 /**
  * connecting, live, reconnecting; then finished (terminal status: stops), failed (4404, a token
  * refused, this page's origin refused: stops) or closed (by close()). `idle` until the first connect.
  */
-export type ConnectionState = 'idle' | 'connecting' | 'live' | 'reconnecting' | 'finished' | 'failed' | 'closed';
+export type ConnectionState =
+  'idle' | 'connecting' | 'live' | 'reconnecting' | 'finished' | 'failed' | 'closed';
 
 export interface StateInfo {
   /** live: a reconnect that resumed with `since`. */
@@ -192,7 +194,8 @@ export declare const CLOSE: Readonly<{
 export declare function tokenExpiry(token: string): number | null;
 
 /** Watch one execution on /api/v1/ws/executions/{id}: reconnects, resumes, stops once it finished. */
-export declare function watchExecution(executionId: string, options?: WatchExecutionOptions): ExecutionWatcher;
+export declare function watchExecution(
+  executionId: string, options?: WatchExecutionOptions): ExecutionWatcher;
 
 /** Watch the executions feed on /api/v1/ws: every status change the token may see. */
 export declare function watchFeed(options?: WatchFeedOptions): FeedWatcher;

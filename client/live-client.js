@@ -61,7 +61,8 @@ async function originRefusal(baseUrl) {
   if (typeof location !== 'undefined' && location.origin === service.origin) return null;
   if (typeof fetch !== 'function') return null;
   try {
-    const response = await fetch(new URL('/api/v1/origin-check', service), { credentials: 'omit', cache: 'no-store' });
+    const url = new URL('/api/v1/origin-check', service);
+    const response = await fetch(url, { credentials: 'omit', cache: 'no-store' });
     if (!response.ok) return null;
     const answer = await response.json();
     return answer.allowed === false ? String(answer.message) : null;
@@ -329,7 +330,8 @@ class LiveSocket {
  * onLog, onResync (forget what you hold: a fresh view follows), onState(state, info),
  * onError({code, message, fatal}), baseUrl, backoffMinMs, backoffMaxMs, pingIntervalMs.
  * States: connecting, live, reconnecting, finished (terminal status: stops), failed (4404, a
- * token refused, or this page's origin refused (code 403): stops), closed (by close()). `info.resumed` is true when a reconnect resumed.
+ * token refused, or this page's origin refused (code 403): stops), closed (by close()).
+ * `info.resumed` is true when a reconnect resumed.
  */
 export function watchExecution(executionId, options = {}) {
   return new ExecutionWatcher(executionId, options);

@@ -51,7 +51,8 @@ export function useExecution(executionId, options = {}) {
       onNode(message) {
         // In workflow order (the snapshot's), each node replaced by its newest state.
         const at = nodes.value.findIndex((node) => node.node_id === message.node_id);
-        nodes.value = at < 0 ? [...nodes.value, message] : nodes.value.map((node, i) => (i === at ? message : node));
+        nodes.value = at < 0 ? [...nodes.value, message]
+          : nodes.value.map((node, i) => (i === at ? message : node));
         call('onNode', message);
       },
       onLog(message) {

@@ -456,7 +456,8 @@ async def test_readme_plain_js_example_works_from_another_loopback_origin_in_dev
         await expect(page.locator("#status")).to_have_text("running")
         await expect(page.locator("#progress")).to_have_attribute("style", "width: 40%;")
         await expect(page.locator("#log")).to_contain_text("thinking")
-        await api.call("PATCH", f"/api/v1/executions/{eid}", {"status": "completed", "result": {"answer": 42}})
+        await api.call("PATCH", f"/api/v1/executions/{eid}",
+                       {"status": "completed", "result": {"answer": 42}})
         await expect(page.locator("#status")).to_have_text("completed")
         await until(lambda: any(text.startswith("finished") for text in console))
     assert await page.evaluate("window.shown") == {"result": {"answer": 42}}
@@ -584,8 +585,9 @@ async def test_a_refused_origin_reaches_on_error_as_fatal_with_the_reason_in_pro
             refused = await page.evaluate(REFUSED_ORIGIN_PROBE, [server.base, eid, api.token])
             assert refused == {
                 "state": "failed", "connections": 1, "states": ["connecting", "failed"],
-                "errors": [[403, True, f"this service refuses pages on {origin}: add that origin to its "
-                                       f"allowed_origins setting (e.g. start it with ALLOWED_ORIGINS={origin})"]],
+                "errors": [[403, True, (
+                    f"this service refuses pages on {origin}: add that origin to its allowed_origins "
+                    f"setting (e.g. start it with ALLOWED_ORIGINS={origin})")]],
             }, refused
     assert refusals_logged(Path(server.log.name), origin) == 1
 

@@ -22,7 +22,8 @@ def run(command: list[str], cwd, timeout: float = 300) -> subprocess.CompletedPr
 def test_the_declarations_and_typed_uses_of_them_compile(client_package):
     # examples/ use every declaration, by the package's name, and hold @ts-expect-error lines that
     # must be errors: declarations too loose to catch a mistake fail as well.
-    checked = run([str(client_package / "node_modules" / ".bin" / "tsc"), "--noEmit", "-p", "."], client_package)
+    tsc = client_package / "node_modules" / ".bin" / "tsc"
+    checked = run([str(tsc), "--noEmit", "-p", "."], client_package)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 

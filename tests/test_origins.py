@@ -106,9 +106,10 @@ def test_allowed_origins_from_the_file_and_from_the_environment(tmp_path):
 
 # -- development mode: front ends on this machine ------------------------------------------------
 
-LOOPBACK_ORIGINS = ("http://localhost:5173", "http://127.0.0.1:3000", "http://[::1]:8080", "https://localhost")
-NOT_LOOPBACK = ("http://localhost.example.com:5173", "http://127.0.0.1.nip.io:3000", "http://192.168.1.20:5173",
-                "http://localhost:notaport", "file://localhost", "null")
+LOOPBACK_ORIGINS = ("http://localhost:5173", "http://127.0.0.1:3000", "http://[::1]:8080",
+                    "https://localhost")
+NOT_LOOPBACK = ("http://localhost.example.com:5173", "http://127.0.0.1.nip.io:3000",
+                "http://192.168.1.20:5173", "http://localhost:notaport", "file://localhost", "null")
 
 
 @pytest.fixture
@@ -124,7 +125,8 @@ async def test_in_development_any_loopback_origin_may_call_the_api_and_open_sock
         preflight = await development_client.options("/api/v1/executions", headers={
             "Origin": origin, "Access-Control-Request-Method": "POST"})
         assert preflight.status == 204 and preflight.headers["Access-Control-Allow-Origin"] == origin
-        listed = await development_client.get("/api/v1/executions", headers={**user.headers, "Origin": origin})
+        listed = await development_client.get("/api/v1/executions",
+                                              headers={**user.headers, "Origin": origin})
         assert listed.headers["Access-Control-Allow-Origin"] == origin
         async with user.client.ws_connect(f"/api/v1/ws/executions/{execution['id']}",
                                           headers={**user.headers, "Origin": origin}) as ws:

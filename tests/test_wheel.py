@@ -35,7 +35,8 @@ def wheel(tmp_path_factory) -> Path:
     source.mkdir()
     for name in SOURCES:
         if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+            shutil.copytree(REPO / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
         else:
             shutil.copy2(REPO / name, source / name)
     # Offline: this venv's setuptools and wheel, no index.

@@ -64,13 +64,14 @@ class Health(marshmallow.Schema):
 
 class OriginCheck(marshmallow.Schema):
     origin = fields.String(required=True, allow_none=True, metadata={
-        "description": "the request's Origin header; null without one (not a browser's cross-origin request)"})
+        "description": "the request's Origin header; null without one (not a browser's cross-origin call)"})
     allowed = fields.Boolean(required=True)
-    message = fields.String(required=True, metadata={"description": "for people: when refused, what to change"})
-    setting = fields.String(metadata={"description": "when refused: the configuration key that allows an origin",
-                                      "example": "allowed_origins"})
-    environment_variable = fields.String(metadata={"description": "when refused: the same, as an environment "
-                                                                  "variable", "example": "ALLOWED_ORIGINS"})
+    message = fields.String(required=True, metadata={
+        "description": "for people: when refused, what to change"})
+    setting = fields.String(metadata={
+        "description": "when refused: the configuration key that allows it", "example": "allowed_origins"})
+    environment_variable = fields.String(metadata={
+        "description": "when refused: the same, as an environment variable", "example": "ALLOWED_ORIGINS"})
 
 
 ERROR_MEANINGS = {
