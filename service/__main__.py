@@ -72,7 +72,7 @@ def serve(config: Config) -> None:
     from .server import serve_until_signalled
     from .typedefs import shutdown_key
 
-    app = create_app(config)
+    app = create_app(config, development=development)
     token = issue_token(config.jwt_secret, "developer", "admin", DEV_TOKEN_TTL) if development else None
     if token:
         from .api.dashboard_handlers import dev_token_key

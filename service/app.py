@@ -10,6 +10,7 @@ from aiohttp import WSCloseCode, web
 
 from .api.cors import cors
 from .api.http_middlewares import json_errors, not_for_routes, request_context
+from .api.origin_policy import OriginPolicy
 from .cancellation import cancel_and_wait
 from .config import Config
 from .db import repository
@@ -29,6 +30,7 @@ from .typedefs import (
     listener_key,
     listener_task_key,
     metrics_key,
+    origin_policy_key,
     shutdown_key,
     socket_counts_key,
     token_expiries_key,
@@ -37,8 +39,11 @@ from .typedefs import (
 log = structlog.get_logger(__name__)
 
 
-def create_app(config: Config) -> web.Application:
-    """Needs config.database_url and config.jwt_secret set (see __main__ for development mode)."""
+def create_app(config: Config, *, development: bool = False) -> web.Application:
+    """Needs config.database_url and config.jwt_secret set (see __main__ for development mode).
+
+    `development`: the process runs on the embedded database it started itself (`make run`), so
+    front ends on any loopback origin are allowed; never set from configuration."""
     if not config.database_url or not config.jwt_secret:
         raise ValueError("create_app needs database_url and jwt_secret")
     # http_metrics outermost, to count the status the client finally got; cors outside
@@ -47,6 +52,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[not_for_routes(SOCKET_ROUTES, m) for m in http_edge],
                           client_max_size=config.max_body_bytes)
     app[config_key] = config
+    app[origin_policy_key] = OriginPolicy(config.allowed_origins, loopback_allowed=development)
     app[shutdown_key] = Shutdown(config.shutdown_timeout_seconds)
     setup_metrics(app)
     app[socket_counts_key] = SocketsPerSubject(config.ws_max_sockets_per_subject)

@@ -132,7 +132,9 @@ class Config:
         "listener and the pool, and exit within this many seconds.", minimum=0.1, maximum=3600)
     allowed_origins: tuple[str, ...] = setting(
         (), "Browser origins allowed to call the REST API and open sockets (\"*\": any); the service's own "
-        "origin is always allowed. From the environment: separated by spaces or commas.", origins=True,
+        "origin is always allowed, and in development mode (no database_url) every loopback origin too "
+        "(http://localhost:<any port>, 127.0.0.1, [::1]). From the environment: separated by spaces or "
+        "commas.", origins=True,
         allowed='a list of origins such as "https://app.example.com", or "*"')
 
     @property

@@ -3,7 +3,7 @@
 from aiohttp import web
 
 from . import metrics
-from .api import dashboard_handlers, health_handlers, openapi, rest_handlers
+from .api import cors, dashboard_handlers, health_handlers, openapi, rest_handlers
 from .push import ws_handlers
 
 # The WebSocket routes, by name: the HTTP middlewares leave them be (http_middlewares.not_for_routes).
@@ -17,6 +17,7 @@ def setup_routes(app: web.Application) -> None:
         web.get("/readyz", health_handlers.readyz),
         web.get("/metrics", metrics.metrics_handler),
         web.get("/api/v1/openapi.json", openapi.openapi_handler),
+        web.get("/api/v1/origin-check", cors.origin_check),
         web.post("/api/v1/workflows", rest_handlers.create_workflow),
         web.get("/api/v1/workflows", rest_handlers.list_workflows),
         web.get("/api/v1/workflows/{id}", rest_handlers.get_workflow),
@@ -33,5 +34,7 @@ def setup_routes(app: web.Application) -> None:
         web.get("/api/v1/ws", ws_handlers.multiplexed_socket, name=MULTIPLEXED_SOCKET),
         # The dashboard and live-client.js: no token to fetch them (the API calls need one).
         web.get("/", dashboard_handlers.index),
+        # Its own route (matched before the folder's): the file lives in the client package.
+        web.get("/static/live-client.js", dashboard_handlers.live_client),
         web.static("/static", dashboard_handlers.STATIC_DIR),
     ])

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 import aiopg
 from aiohttp import web
 
+from .api.origin_policy import OriginPolicy
 from .config import Config
 from .push.change_source import ChangeListener
 from .push.expiry_timer import ExpiryTimer
@@ -20,6 +21,9 @@ if TYPE_CHECKING:  # metrics.py imports this module
 config_key = web.AppKey("config", Config)
 db_pool_key = web.AppKey("db_pool", aiopg.Pool)
 hub_key = web.AppKey("hub", SubscriptionHub)
+# Which browser origins may call the API and open sockets (the configured ones; in development
+# mode, loopback ones too).
+origin_policy_key = web.AppKey("origin_policy", OriginPolicy)
 listener_key = web.AppKey("listener", ChangeListener)
 # The listener's run() task: done means it crashed, and the systemd watchdog stops pinging.
 listener_task_key = web.AppKey("listener_task", asyncio.Task)

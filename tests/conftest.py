@@ -3,6 +3,9 @@
 import asyncio
 import dataclasses
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import aiopg
 import pytest
@@ -99,3 +102,26 @@ async def sql(database_url):
     async with aiopg.connect(database_url, enable_hstore=False) as conn:
         async with conn.cursor() as cur:
             yield cur
+
+
+CLIENT_PACKAGE = Path(__file__).resolve().parent.parent / "client"
+
+
+@pytest.fixture(scope="session")
+def client_package(tmp_path_factory) -> Path:
+    """client/, the npm package folder, copied under the test run's basetemp with its dev
+    dependencies (typescript, vue: versions pinned in its package.json) installed from the npm
+    registry, so the checkout gets no node_modules. The client tests check and serve this copy."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("the client package tests need Node.js and npm (Debian: apt-get install nodejs npm)",
+                    pytrace=False)
+    folder = tmp_path_factory.mktemp("client-package")
+    shutil.copytree(CLIENT_PACKAGE, folder, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("node_modules", "package-lock.json"))
+    installed = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--no-package-lock", "--loglevel=error"],
+        cwd=folder, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "npm_config_update_notifier": "false"})
+    assert installed.returncode == 0, f"npm install failed: {installed.stderr[-3000:]}"
+    return folder

@@ -1,10 +1,13 @@
 """The dashboard and live-client.js in a real browser: headless Chromium driven by Playwright,
-against real `python -m service serve` processes, with a worker writing plain SQL.
+against real `python -m service serve` processes, with a worker writing plain SQL; and the
+README's plain-JS and Vue examples on a front end's own origin, in development and production.
 
 Needs Debian's `chromium` (`make test` installs it); without a browser these tests fail, they do not
 skip. A screenshot of the dashboard mid-run lands in test-output/."""
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -15,6 +18,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+
+from service.auth import issue_token
+from service.dev.embedded_db import development_secret
 
 from .actors import JWT_SECRET, token_for
 from .servers import free_port, wait_ready
@@ -340,6 +347,249 @@ async def test_live_client_stops_on_4401_and_4404_and_renews_tokens(server, page
     # Expires in 3 to 4 s (exp is whole seconds); the socket outlives it on the same connection.
     refreshed = await page.evaluate(REFRESH_PROBE, [server.base, eid, api.token, token_for(api.sub, ttl=4)])
     assert refreshed == {"state": "live", "connections": 1, "fresh": 1}, refreshed
+
+
+# -- front ends on their own origin ----------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_block(language: str, after: str) -> str:
+    """The README's first ```language block after the text `after`: the examples are run as a
+    reader copies them."""
+    text = README.read_text()
+    start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
+    return text[start:text.index("```\n", start)]
+
+
+@contextlib.asynccontextmanager
+async def front_end(routes):
+    """A front end's own web server (where a Vite dev server would be), on another origin than
+    the service's; yields its origin."""
+    app = web.Application()
+    app.router.add_routes(routes)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def html_page(text: str):
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=text, content_type="text/html")
+    return handler
+
+
+@pytest.fixture(scope="module")
+def development_server(tmp_path_factory):
+    """`make run`'s server: no DATABASE_URL and no JWT_SECRET, so it starts an embedded PostgreSQL
+    of its own in its data_dir and runs in development mode. `token` is a development token, as
+    `make run` prints (signed with the secret it keeps in data_dir)."""
+    data_dir = tmp_path_factory.mktemp("development")
+    process = ServerProcess("", data_dir / "server.log", "notify")
+    for name in ("DATABASE_URL", "JWT_SECRET", "ALLOWED_ORIGINS", "AIAGENT_CONFIG"):
+        process.env.pop(name, None)
+    process.env["DATA_DIR"] = str(data_dir)
+    process.start()
+    process.token = issue_token(development_secret(data_dir), "developer", "admin", 3600)
+    yield process
+    process.close()
+
+
+def development_api(server) -> Api:
+    api = Api(server.base, "developer")
+    api.token = server.token
+    return api
+
+
+async def until(predicate, timeout: float = TIMEOUT_MS / 1000) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def refusals_logged(log_path: Path, origin: str) -> int:
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    return len([line for line in lines if line.get("event") == "origin.refused" and line["origin"] == origin])
+
+
+async def test_readme_plain_js_example_works_from_another_loopback_origin_in_development(
+        development_server, page):
+    # The README's example as it stands, on a front end's origin (127.0.0.1:<its port>) importing
+    # the client from the service (localhost:<port>): a module script from another origin, then
+    # the socket and a token fetched from its own server, with no configuration at all.
+    server = development_server
+    api = development_api(server)
+    eid = (await api.execution(nodes=("plan", "answer")))["id"]
+    service = f"http://localhost:{server.port}"
+    example = readme_block("html", "Plain JavaScript, the original design's example")
+    assert "http://localhost:8037/static/live-client.js" in example
+    around = f"""<!doctype html><meta charset="utf-8"><title>a front end</title>
+<script>
+  // What the README's example leaves to the app around it.
+  window.executionId = {json.dumps(eid)};
+  window.shown = {{}};
+  window.displayResult = (result) => {{ window.shown.result = result; }};
+  window.displayError = (error) => {{ window.shown.error = error; }};
+  window.showError = (message) => {{ window.shown.fatal = message; }};
+</script>
+"""
+
+    async def live_token(request: web.Request) -> web.Response:
+        return web.Response(text=server.token)  # the app's own token endpoint
+
+    console = []
+    page.on("console", lambda message: console.append(message.text))
+    routes = [web.get("/", html_page(around + example.replace("http://localhost:8037", service))),
+              web.get("/my-app/live-token", live_token)]
+    async with front_end(routes) as origin:
+        await page.goto(origin + "/")
+        await expect(page.locator("#status")).to_have_text("pending")
+        await api.call("PATCH", f"/api/v1/executions/{eid}", {"status": "running", "progress": 40})
+        await api.call("POST", f"/api/v1/executions/{eid}/logs", {"message": "thinking", "node_id": "plan"})
+        await expect(page.locator("#status")).to_have_text("running")
+        await expect(page.locator("#progress")).to_have_attribute("style", "width: 40%;")
+        await expect(page.locator("#log")).to_contain_text("thinking")
+        await api.call("PATCH", f"/api/v1/executions/{eid}",
+                       {"status": "completed", "result": {"answer": 42}})
+        await expect(page.locator("#status")).to_have_text("completed")
+        await until(lambda: any(text.startswith("finished") for text in console))
+    assert await page.evaluate("window.shown") == {"result": {"answer": 42}}
+    assert refusals_logged(Path(server.log.name), origin) == 0
+
+
+async def test_readme_vue_component_on_use_execution_follows_an_execution_and_cleans_up(
+        development_server, page, client_package):
+    # The README's Vue component: its template as it stands, its <script setup> as setup(), with
+    # vue and the package from the front end's server through an import map (what a bundler does).
+    server = development_server
+    api = development_api(server)
+    first = (await api.execution(nodes=("plan", "answer")))["id"]
+    second = (await api.execution(nodes=("plan",)))["id"]
+    component = readme_block("vue", "Vue 3, the platform's component")
+    template = component[component.index("<template>") + 10:component.index("</template>")]
+    assert "useExecution(" in component and "@aiagent-live/client/vue" in component
+    setup = {"service": f"http://localhost:{server.port}", "first": first, "template": template}
+    vue_page = f"""<!doctype html><meta charset="utf-8"><title>a Vue front end</title>
+<script type="importmap">
+  {{"imports": {{"vue": "/npm/vue/dist/vue.esm-browser.prod.js",
+                "@aiagent-live/client/vue": "/client/use-execution.js"}}}}
+</script>
+<div id="app"></div>
+<script>window.setup = {json.dumps(setup)};</script>
+<script type="module">
+  import {{ createApp, ref }} from 'vue';
+  import {{ useExecution }} from '@aiagent-live/client/vue';
+
+  const ExecutionView = {{
+    props: {{ executionId: String }},
+    setup: (props) => useExecution(() => props.executionId, {{
+      baseUrl: setup.service,
+      getToken: () => fetch('/my-app/live-token').then((r) => r.text()),
+    }}),
+    template: setup.template,
+  }};
+  const shown = ref(setup.first);
+  const mounted = ref(true);
+  createApp({{
+    components: {{ ExecutionView }},
+    setup: () => ({{ shown, mounted }}),
+    template: '<ExecutionView v-if="mounted" :execution-id="shown" />',
+  }}).mount('#app');
+  window.view = {{ show: (id) => {{ shown.value = id; }}, unmount: () => {{ mounted.value = false; }} }};
+</script>
+"""
+
+    async def live_token(request: web.Request) -> web.Response:
+        return web.Response(text=server.token)
+
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws))
+
+    def sockets_of(eid: str) -> list:
+        return [ws for ws in sockets if eid in ws.url]
+
+    view = page.locator("#app")
+    routes = [web.get("/", html_page(vue_page)), web.get("/my-app/live-token", live_token),
+              web.static("/client", client_package), web.static("/npm", client_package / "node_modules")]
+    async with front_end(routes) as origin:
+        await page.goto(origin + "/")
+        await expect(view).to_contain_text("Status: pending (live)")
+        await expect(view.locator("li")).to_have_text(["Plan: pending", "Answer: pending"])
+
+        await api.call("PATCH", f"/api/v1/executions/{first}", {"status": "running", "progress": 40})
+        await api.call("PATCH", f"/api/v1/executions/{first}/nodes/plan", {"status": "running"})
+        await api.call("POST", f"/api/v1/executions/{first}/logs", {"message": "thinking", "node_id": "plan"})
+        await expect(view).to_contain_text("Status: running (live)")
+        await expect(view).to_contain_text("Progress: 40%")
+        await expect(view.locator(".bar")).to_have_attribute("style", "width: 40%;")
+        await expect(view.locator("li")).to_have_text(["Plan: running", "Answer: pending"])
+        await expect(view.locator("pre")).to_have_text("thinking")
+
+        # Another id: the first execution's socket is closed, the second one's watched.
+        await page.evaluate("id => view.show(id)", second)
+        await expect(view).to_contain_text("Status: pending (live)")
+        await expect(view.locator("li")).to_have_text(["Plan: pending"])
+        await until(lambda: sockets_of(first)[0].is_closed())
+        await api.call("PATCH", f"/api/v1/executions/{second}", {"status": "running"})
+        await api.call("PATCH", f"/api/v1/executions/{second}",
+                       {"status": "completed", "result": {"answer": 42}})
+        await expect(view).to_contain_text("Status: completed (finished)")
+        await expect(view).to_contain_text('"answer": 42')
+        await expect(view).to_contain_text("Progress: 100%")
+
+        # Back to the first, still running: its state and log again, from a fresh snapshot.
+        await page.evaluate("id => view.show(id)", first)
+        await expect(view).to_contain_text("Status: running (live)")
+        await expect(view.locator("pre")).to_have_text("thinking")
+        assert len(sockets_of(first)) == 2 and not sockets_of(first)[1].is_closed()
+
+        # Unmounted: its socket is closed, and nothing reopens it.
+        await page.evaluate("view.unmount()")
+        await until(lambda: sockets_of(first)[1].is_closed())
+        await asyncio.sleep(1)
+        assert len(sockets) == 3, [ws.url for ws in sockets]
+
+
+REFUSED_ORIGIN_PROBE = """
+async ([service, eid, token]) => {
+  // A page on an origin the service does not allow: the module loads (it is public), the socket
+  // is refused; the client asks why, reports it as fatal and stops.
+  const { watchExecution } = await import(`${service}/static/live-client.js`);
+  const errors = [];
+  const states = [];
+  const w = watchExecution(eid, { token, onError: (e) => errors.push(e), onState: (s) => states.push(s) });
+  for (let waited = 0; waited < 5000 && !['failed', 'live'].includes(w.state); waited += 20) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await new Promise((r) => setTimeout(r, 1500)); // longer than the first backoff steps
+  w.close();
+  return { state: w.state, connections: w.connections, states,
+           errors: errors.map((e) => [e.code, e.fatal, e.message]) };
+}
+"""
+
+
+async def test_a_refused_origin_reaches_on_error_as_fatal_with_the_reason_in_production(server, page):
+    api = Api(server.base, f"browser-{uuid.uuid4().hex[:8]}")
+    eid = (await api.execution())["id"]
+    async with front_end([web.get("/", html_page("<!doctype html><title>elsewhere</title>"))]) as origin:
+        await page.goto(origin + "/")
+        for _ in range(2):  # the same page twice: refused twice, logged once
+            refused = await page.evaluate(REFUSED_ORIGIN_PROBE, [server.base, eid, api.token])
+            assert refused == {
+                "state": "failed", "connections": 1, "states": ["connecting", "failed"],
+                "errors": [[403, True, (
+                    f"this service refuses pages on {origin}: add that origin to its allowed_origins "
+                    f"setting (e.g. start it with ALLOWED_ORIGINS={origin})")]],
+            }, refused
+    assert refusals_logged(Path(server.log.name), origin) == 1
 
 
 IDLE_SOCKET_PROBE = """

@@ -23,7 +23,7 @@ from .servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # What the build reads: setup.cfg names the packages and where the migrations come from.
-SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "service", "migrations")
+SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "service", "migrations", "client")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ def wheel(tmp_path_factory) -> Path:
     source.mkdir()
     for name in SOURCES:
         if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(REPO / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
         else:
             shutil.copy2(REPO / name, source / name)
     # Offline: this venv's setuptools and wheel, no index.
@@ -82,7 +83,9 @@ def test_the_wheel_holds_every_migration_and_the_static_files(wheel):
         assert f"service/migrations/{path.as_posix()}" in names
     for path in (REPO / "service" / "static").iterdir():
         assert f"service/static/{path.name}" in names
-    assert not [name for name in names if name.split("/")[0] in ("tests", "bench", "migrations", "config")]
+    assert "service/client/live-client.js" in names  # served at /static/live-client.js
+    assert not [name for name in names
+                if name.split("/")[0] in ("tests", "bench", "migrations", "config", "client")]
 
 
 def test_installed_configuration_needs_no_checkout_and_no_file(installed, tmp_path):
@@ -156,6 +159,8 @@ async def test_installed_wheel_migrates_and_serves_from_any_directory_with_only_
                 assert (first["type"], first["status"]) == ("status", "pending")
             async with session.get(f"{base}/") as response:  # the dashboard: static files in the wheel
                 assert response.status == 200
+            async with session.get(f"{base}/static/live-client.js") as response:  # from the wheel's client
+                assert response.status == 200 and "export function watchExecution" in await response.text()
         server.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(server.wait(), 15) == 0
     finally:

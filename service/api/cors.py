@@ -1,16 +1,14 @@
-"""Browser origins: CORS on the REST API, and WebSocket handshakes from other sites refused
-(socket_handshake.py asks `origin_refused` itself: socket routes skip the middlewares).
+"""Browser origins: CORS on the REST API and /static/, WebSocket handshakes from other sites
+refused (socket_handshake.py asks `origin_refused` itself: socket routes skip the middlewares),
+and GET /api/v1/origin-check, which tells any page whether its origin may use the service.
 
-An origin is allowed when it is listed in config.allowed_origins ("*" allows any), or when it is
-the service's own (the Origin's host is the request's Host). Requests without an Origin header
-come from non-browser clients and are not affected.
+Which origins are allowed, and the log line of a refused one: origin_policy.py. Requests without
+an Origin header come from non-browser clients and are not affected.
 """
-
-from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
-from ..typedefs import config_key
+from ..typedefs import origin_policy_key
 from .http_middlewares import error_body
 
 ALLOWED_METHODS = "GET, POST, PATCH, OPTIONS"
@@ -19,18 +17,13 @@ EXPOSED_HEADERS = "X-Request-ID, WWW-Authenticate"
 PREFLIGHT_MAX_AGE = "600"
 
 
-def origin_allowed(request: web.Request, origin: str) -> bool:
-    allowed = request.app[config_key].allowed_origins
-    if "*" in allowed or origin.rstrip("/") in allowed:
-        return True
-    return urlsplit(origin).netloc.lower() == (request.host or "").lower()
-
-
 def origin_refused(request: web.Request) -> web.Response | None:
     """A 403 for a browser request from an origin not allowed; None for the others."""
     origin = request.headers.get(hdrs.ORIGIN)
-    if origin is None or origin_allowed(request, origin):
+    policy = request.app[origin_policy_key]
+    if origin is None or policy.allows(origin, request.host):
         return None
+    policy.refused(origin, request.path)
     return refusal(origin)
 
 
@@ -45,9 +38,11 @@ async def cors(request: web.Request, handler):
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is None:
         return await handler(request)
-    allowed = origin_allowed(request, origin)
+    policy = request.app[origin_policy_key]
+    allowed = policy.allows(origin, request.host)
     if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
         if not allowed:
+            policy.refused(origin, request.path)
             return refusal(origin)
         return web.Response(status=204, headers={
             hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: origin,
@@ -57,8 +52,28 @@ async def cors(request: web.Request, handler):
             hdrs.VARY: "Origin",
         })
     response = await handler(request)
-    if allowed and not response.prepared:
+    if response.prepared:
+        return response
+    if allowed:
         response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
         response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
         response.headers.add(hdrs.VARY, "Origin")
+    elif hdrs.ACCESS_CONTROL_ALLOW_ORIGIN not in response.headers:
+        # The browser will not let the page read this answer (only what is open to every origin,
+        # live-client.js and the origin check, says so itself).
+        policy.refused(origin, request.path)
     return response
+
+
+async def origin_check(request: web.Request) -> web.Response:
+    """Whether the asking page's origin may use this service, and if not, the setting that allows
+    it. A browser does not let a page read why a WebSocket handshake failed (a 403 is just a
+    failed socket); live-client.js asks here, so it can say why and stop retrying. Open to every
+    origin, no token: it says nothing but the verdict on the asker's own origin, which a preflight
+    would tell as well."""
+    policy = request.app[origin_policy_key]
+    answer = policy.explain(request.headers.get(hdrs.ORIGIN), request.host)
+    return web.json_response(answer, headers={
+        hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
+        hdrs.CACHE_CONTROL: "no-store",  # the verdict changes with the configuration
+    })

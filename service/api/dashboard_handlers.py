@@ -1,10 +1,13 @@
-"""The dashboard: a static page and ES modules; the API calls it makes carry the token."""
+"""The dashboard: a static page and ES modules; the API calls it makes carry the token. And
+live-client.js, which the dashboard and any other front end import from /static/."""
 
+import functools
 import html
+import importlib.resources
 import ipaddress
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 TOKEN_MARK = "<!-- development token -->"
@@ -49,4 +52,24 @@ async def index(request: web.Request) -> web.Response:
         "Content-Security-Policy": (
             "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
             "style-src 'self'; script-src 'self'; frame-ancestors 'none'"),
+    })
+
+
+@functools.cache
+def client_directory() -> Path:
+    """The client package's files: the wheel's copy (service/client), else the checkout's client/,
+    the package folder itself: one source, served here and installed by front ends."""
+    packaged = importlib.resources.files("service") / "client"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "client"
+
+
+async def live_client(request: web.Request) -> web.FileResponse:
+    """/static/live-client.js, importable from a page on any origin (a module script is a CORS
+    request): it is public code that needs no credentials, and a page whose origin the service
+    refuses can then load it and be told why (see cors.origin_check) rather than fail silently."""
+    return web.FileResponse(client_directory() / "live-client.js", headers={
+        hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
+        hdrs.CACHE_CONTROL: "no-cache",  # revalidated (ETag) each load: a new release is picked up at once
     })

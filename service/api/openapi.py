@@ -62,6 +62,18 @@ class Health(marshmallow.Schema):
     checks = fields.Dict(keys=fields.String(), values=fields.Boolean())
 
 
+class OriginCheck(marshmallow.Schema):
+    origin = fields.String(required=True, allow_none=True, metadata={
+        "description": "the request's Origin header; null without one (not a browser's cross-origin call)"})
+    allowed = fields.Boolean(required=True)
+    message = fields.String(required=True, metadata={
+        "description": "for people: when refused, what to change"})
+    setting = fields.String(metadata={
+        "description": "when refused: the configuration key that allows it", "example": "allowed_origins"})
+    environment_variable = fields.String(metadata={
+        "description": "when refused: the same, as an environment variable", "example": "ALLOWED_ORIGINS"})
+
+
 ERROR_MEANINGS = {
     400: "the body is not valid JSON",
     401: "missing, invalid or expired bearer token",
@@ -132,6 +144,10 @@ OPERATIONS = (
               errors=(), authenticated=False, content_type="text/plain", tag="operations"),
     Operation("get", "/api/v1/openapi.json", "openapi", "This document",
               errors=(), authenticated=False, tag="operations"),
+    Operation("get", "/api/v1/origin-check", "originCheck",
+              "Whether the asking page's origin may call this API and open sockets (CORS open to every "
+              "origin): a browser cannot read why a WebSocket handshake was refused",
+              response=OriginCheck, errors=(), authenticated=False, tag="operations"),
 )
 
 

@@ -1,6 +1,7 @@
 // live-client.js: watch aiagent-live executions from a browser, without missing or repeating
-// an update. A dependency-free ES module; copy it into any front end, or import it from the
-// service itself at /static/live-client.js.
+// an update. A dependency-free ES module: import it from the service itself at
+// /static/live-client.js, or install this folder as the package `@aiagent-live/client` (types in
+// live-client.d.ts, a Vue composable in use-execution.js). This file is the one source of both.
 //
 //   const watcher = watchExecution(id, {getToken, onStatus, onNode, onLog, onResync, onState, onError});
 //   watcher.state; watcher.close();
@@ -20,6 +21,10 @@ export const CLOSE = Object.freeze({
   FINISHED: 1000, GOING_AWAY: 1001, ABNORMAL: 1006, TOO_SLOW: 1013, UNAUTHORIZED: 4401, NOT_FOUND: 4404,
   TOO_MANY_SOCKETS: 4429,
 });
+
+// onError's code when the service refused the handshake for this page's origin (an HTTP 403,
+// which the browser shows the page only as a socket that failed to open).
+const ORIGIN_REFUSED = 403;
 
 const DEFAULTS = {
   baseUrl: undefined,          // the service's origin; default: where this module was loaded from
@@ -45,6 +50,25 @@ function socketBase(baseUrl) {
   const base = new URL(baseUrl || import.meta.url);
   base.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:';
   return base;
+}
+
+/**
+ * Why the service refuses this page's origin (its own words, naming the setting to change), or
+ * null: allowed, the same origin, or the service cannot be asked (down, or too old to know).
+ */
+async function originRefusal(baseUrl) {
+  const service = new URL(baseUrl || import.meta.url);
+  if (typeof location !== 'undefined' && location.origin === service.origin) return null;
+  if (typeof fetch !== 'function') return null;
+  try {
+    const url = new URL('/api/v1/origin-check', service);
+    const response = await fetch(url, { credentials: 'omit', cache: 'no-store' });
+    if (!response.ok) return null;
+    const answer = await response.json();
+    return answer.allowed === false ? String(answer.message) : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -105,7 +129,9 @@ class LiveSocket {
     this._ws = ws;
     this._heard = false;
     this.connections += 1;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       this._scheduleRefresh(token);
       this._heartbeat();
       this._opened();
@@ -123,7 +149,7 @@ class LiveSocket {
       if (msg.type === 'error') return this._report({ code: 0, message: msg.message, fatal: false, detail: msg });
       this._message(msg);
     };
-    ws.onclose = (event) => this._closed(ws, event.code, event.reason);
+    ws.onclose = (event) => this._closed(ws, event.code, event.reason, opened);
   }
 
   async _currentToken() {
@@ -136,7 +162,7 @@ class LiveSocket {
     return this._token;
   }
 
-  _closed(ws, code, reason) {
+  _closed(ws, code, reason, opened) {
     if (ws !== this._ws) return;
     this._ws = null;
     this._clearTimers();
@@ -161,6 +187,9 @@ class LiveSocket {
       return this._fail(code, reason || 'token refused');
     }
     if (code === 1008 || code === 1003) return this._fail(code, reason || 'refused by the server');
+    // A socket that never opened may have been refused for this page's origin, which no retry
+    // would change: ask the service (the browser hides the handshake's 403 from us).
+    if (!opened && code === CLOSE.ABNORMAL) return this._retryUnlessOriginRefused(code, reason);
     // 1001 going away, 1013 too slow, 1006 network loss, 1011/1012 server trouble, 4429 too
     // many sockets for this token (one may close meanwhile): come back, later each time.
     this._retry(code, reason);
@@ -175,6 +204,13 @@ class LiveSocket {
     }
     this._setState('reconnecting', { code, reason, delayMs: delay, attempt: this._attempt });
     this._later(delay, () => this._connect());
+  }
+
+  async _retryUnlessOriginRefused(code, reason) {
+    const refusal = await originRefusal(this.options.baseUrl);
+    if (this._stopped) return;
+    if (refusal) return this._fail(ORIGIN_REFUSED, refusal);
+    this._retry(code, reason);
   }
 
   _reconnectNow() {
@@ -293,8 +329,9 @@ class LiveSocket {
  * options: token | getToken (async, called at start, on 4401 and before `exp`), onStatus, onNode,
  * onLog, onResync (forget what you hold: a fresh view follows), onState(state, info),
  * onError({code, message, fatal}), baseUrl, backoffMinMs, backoffMaxMs, pingIntervalMs.
- * States: connecting, live, reconnecting, finished (terminal status: stops), failed (4404, or a
- * token refused: stops), closed (by close()). `info.resumed` is true when a reconnect resumed.
+ * States: connecting, live, reconnecting, finished (terminal status: stops), failed (4404, a
+ * token refused, or this page's origin refused (code 403): stops), closed (by close()).
+ * `info.resumed` is true when a reconnect resumed.
  */
 export function watchExecution(executionId, options = {}) {
   return new ExecutionWatcher(executionId, options);
