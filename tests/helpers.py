@@ -40,9 +40,19 @@ async def drain(ws) -> list[dict]:
 
 
 async def drain_snapshot(ws, nodes: int = 2) -> list[dict]:
-    """The connect snapshot of an execution with no log lines: the status, then each node."""
-    received = [await next_json(ws) for _ in range(1 + nodes)]
-    assert [m["type"] for m in received] == ["status"] + ["node"] * nodes
+    """The connect snapshot of an execution with no log lines: the status, each node, then the
+    `synced` that ends it (returned with them)."""
+    received = [await next_json(ws) for _ in range(2 + nodes)]
+    assert [m["type"] for m in received] == ["status"] + ["node"] * nodes + ["synced"]
+    assert received[-1]["seq"] == max(m["seq"] for m in received[:-1])
+    return received
+
+
+async def until_synced(ws, timeout: float = 5.0) -> list[dict]:
+    """Every message up to the `synced` that ends a snapshot or catch-up (not included)."""
+    received = []
+    while (message := await next_json(ws, timeout))["type"] != "synced":
+        received.append(message)
     return received
 
 
@@ -144,10 +154,10 @@ class Follower:
         if resuming:
             params["since"] = str(self.last_seq)
         ws = await client.ws_connect(f"/api/v1/ws/executions/{self.execution_id}", params=params)
-        # Answered after what the server queued on connect: from then on the socket is live.
-        await ws.send_json({"type": "ping"})
-        while (message := await ws.receive_json(timeout=5))["type"] != "pong":
+        # What the server sends on connect ends with `synced`: from then on the socket is live.
+        while (message := await ws.receive_json(timeout=5))["type"] != "synced":
             self.note(message, snapshot=not resuming)
+        self.note(message)
         self._task = asyncio.create_task(self._read(ws))
 
     def note(self, message: dict, snapshot: bool = False) -> None:

@@ -371,10 +371,10 @@ async def test_a_browser_socket_answers_the_heartbeat_and_stays(
         await page.goto(process.base + "/static/live-client.js")  # the service's origin
         url = f"ws://127.0.0.1:{process.port}/api/v1/ws/executions/{eid}?access_token={api.token}"
         idle = await page.evaluate(IDLE_SOCKET_PROBE, [url, 4000])
-        assert idle == {"readyState": 1, "closed": None, "types": ["status"]}, idle
+        assert idle == {"readyState": 1, "closed": None, "types": ["status", "synced"]}, idle
         await run_sql(sql, "UPDATE executions SET status='running', message='after the idle' WHERE id=%s", eid)
-        await page.wait_for_function("window.idleSocket.received.length === 2", timeout=TIMEOUT_MS)
-        assert await page.evaluate("window.idleSocket.received[1].message") == "after the idle"
+        await page.wait_for_function("window.idleSocket.received.length === 3", timeout=TIMEOUT_MS)
+        assert await page.evaluate("window.idleSocket.received[2].message") == "after the idle"
         await page.close()
     finally:
         process.close()
