@@ -73,7 +73,8 @@ def status_message(row: dict) -> dict:
     }
 
 
-def status_event(row: dict, *, extra: dict | None = None, terminal: bool = True, in_order: bool = True) -> Event:
+def status_event(row: dict, *, extra: dict | None = None, terminal: bool = True,
+                 in_order: bool = True) -> Event:
     """`terminal` marks a final status as the last event a single-execution socket sends."""
     message = status_message(row)
     if extra:
@@ -139,16 +140,16 @@ def event_from_parts(kind: str, execution_id: str, seq: int, data: dict, preview
         message, committed_at = log_message(data), data["ts"]
     if extra:
         message.update(extra)
-    return Event(execution_id=execution_id, seq=seq, kind=kind, text=encode(message), committed_at=committed_at,
-                 in_order=in_order)
+    return Event(execution_id=execution_id, seq=seq, kind=kind, text=encode(message),
+                 committed_at=committed_at, in_order=in_order)
 
 
 def synced_event(execution_id: str, seq: int) -> Event:
     """The end of a snapshot or catch-up: the subscriber now holds everything up to `seq`, and
     what follows is live. (A snapshot's own seqs cannot say so: it is in workflow order, and
     nodes untouched since creation share the creation's seq.)"""
-    return Event(execution_id, seq, "synced", encode({"type": "synced", "execution_id": execution_id, "seq": seq}),
-                 in_order=True)
+    message = {"type": "synced", "execution_id": execution_id, "seq": seq}
+    return Event(execution_id, seq, "synced", encode(message), in_order=True)
 
 
 def pong() -> str:

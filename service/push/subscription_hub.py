@@ -185,7 +185,8 @@ class SubscriptionHub:
         found.offer_to(outbox)
         return found.head
 
-    async def read_catch_up(self, execution_id: str, since: int | None, principal: Principal) -> CatchUp | None:
+    async def read_catch_up(self, execution_id: str, since: int | None,
+                            principal: Principal) -> CatchUp | None:
         """What a new subscriber lacks: with `since`, every event after it; without it, or when
         `since` is older than what is kept, a snapshot: the status, every node, the last log
         lines, marked "resync" when it replaces a resume; then `synced`. None when it does not
