@@ -129,17 +129,12 @@ class ExecutionListQuery(ListQuery):
     workflow_id = fields.UUID(load_default=None)
 
 
-ACCESS_TOKEN = fields.String(load_default=None, metadata={
-    "description": "the bearer token, for clients that cannot set the Authorization header (EventSource)"})
-
-
 class ExecutionEventsQuery(marshmallow.Schema):
     class Meta:
         unknown = marshmallow.EXCLUDE
 
     since = fields.Integer(load_default=None, validate=validate.Range(0, 10**18), metadata={
         "description": "the last seq you saw: every event after it, then live (a Last-Event-ID header wins)"})
-    access_token = ACCESS_TOKEN
 
 
 class FeedEventsQuery(marshmallow.Schema):
@@ -148,7 +143,6 @@ class FeedEventsQuery(marshmallow.Schema):
 
     status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
     workflow_id = fields.UUID(load_default=None)
-    access_token = ACCESS_TOKEN
 
 
 class WorkflowOut(marshmallow.Schema):
