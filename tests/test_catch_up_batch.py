@@ -180,7 +180,8 @@ async def test_sockets_asking_the_same_share_one_read_and_each_gets_all_of_it(cl
         await asyncio.gather(*(ws.close() for ws in opened))
     for received, close_code in results:
         assert close_code is None
-        assert [(m["type"], m["seq"]) for m in received] == [("log", seq) for seq in range(3, 23)] + [("synced", 22)]
+        expected = [("log", seq) for seq in range(3, 23)] + [("synced", 22)]
+        assert [(m["type"], m["seq"]) for m in received] == expected
     after = await scrape(client)
     distinct = value(after, "aiagent_catch_up_batch_size_sum") - value(before, "aiagent_catch_up_batch_size_sum")
     assert distinct < len(sockets), "equal requests made together were read once"

@@ -71,7 +71,8 @@ def log_event(seq: int, size: int = 10) -> Event:
 def test_the_encoding_of_events_ids_comments_and_chunks():
     in_view = Event("e1", 3, "node", '{"type":"node"}')
     assert event_text(in_view) == b'data: {"type":"node"}\n\n'
-    assert event_text(synced_event("e1", 7)) == b'id: 7\ndata: {"type":"synced","execution_id":"e1","seq":7}\n\n'
+    assert event_text(synced_event("e1", 7)) == (
+        b'id: 7\ndata: {"type":"synced","execution_id":"e1","seq":7}\n\n')
     assert http_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
     assert HEARTBEAT.sse_chunk == b"8\r\n: ping\n\n\r\n"
     event = log_event(1)

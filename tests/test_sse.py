@@ -16,7 +16,8 @@ pytestmark = pytest.mark.both_change_sources
 LOG = "INSERT INTO execution_logs (execution_id, message) VALUES (%s, %s)"
 
 
-async def open_stream(actor: Actor, execution_id: str, headers: dict | None = None, **params) -> RawEventStream:
+async def open_stream(actor: Actor, execution_id: str, headers: dict | None = None,
+                      **params) -> RawEventStream:
     return await RawEventStream.open(actor.client, events_path(execution_id, **params),
                                      {**actor.headers, **(headers or {})})
 
@@ -46,12 +47,14 @@ async def test_a_stream_has_the_headers_the_snapshot_synced_then_live_events_wit
         assert [e["id"] for e in snapshot] == [None, None, None, None, "2"]
         assert snapshot[-1]["data"] == {"type": "synced", "execution_id": eid, "seq": 2}
         status, nodes, log = snapshot[0]["data"], snapshot[1]["data"], snapshot[3]["data"]
-        assert (status["status"], status["seq"], nodes["node_id"], log["message"]) == ("pending", 1, "plan", "before")
+        assert (status["status"], status["seq"], nodes["node_id"], log["message"]) == (
+            "pending", 1, "plan", "before")
 
         await sql.execute("UPDATE executions SET status='running', progress=40 WHERE id=%s", (eid,))
         await sql.execute(LOG, (eid, "live"))
         live = [await stream.next_event() for _ in range(2)]
-        assert [(e["id"], e["data"]["type"], e["data"]["seq"]) for e in live] == [("3", "status", 3), ("4", "log", 4)]
+        assert [(e["id"], e["data"]["type"], e["data"]["seq"]) for e in live] == [
+            ("3", "status", 3), ("4", "log", 4)]
         assert (live[0]["data"]["status"], live[0]["data"]["progress"], live[1]["data"]["message"]) == (
             "running", 40, "live")
     finally:
@@ -168,20 +171,23 @@ async def test_a_stream_cut_inside_its_snapshot_resumes_from_before_it(user, sql
     assert [e["id"] for e in snapshot[:-1]] == [None] * (len(snapshot) - 1)
 
 
-async def test_the_feed_stream_shows_what_its_token_may_see_through_its_filters(client, user, other_user, worker):
+async def test_the_feed_stream_shows_what_its_token_may_see_through_its_filters(
+        client, user, other_user, worker):
     workflow = await user.create_workflow()
     streams = {
         "all of mine": await RawEventStream.open(client, "/api/v1/executions/events", user.headers),
         "one workflow": await RawEventStream.open(
             client, f"/api/v1/executions/events?workflow_id={workflow['id']}", user.headers),
-        "running only": await RawEventStream.open(client, "/api/v1/executions/events?status=running", user.headers),
+        "running only": await RawEventStream.open(
+            client, "/api/v1/executions/events?status=running", user.headers),
         "a worker": await RawEventStream.open(client, "/api/v1/executions/events", worker.headers),
     }
     try:
         for stream in streams.values():
             assert stream.status == 200
             subscribed = await stream.next_event()
-            assert (subscribed["id"], subscribed["data"]) == (None, {"type": "subscribed", "feed": "executions"})
+            assert subscribed["id"] is None
+            assert subscribed["data"] == {"type": "subscribed", "feed": "executions"}
         theirs = await other_user.create_execution()
         elsewhere = await user.create_execution()
         mine = await user.create_execution(workflow["id"])
@@ -195,7 +201,8 @@ async def test_the_feed_stream_shows_what_its_token_may_see_through_its_filters(
             return [(e["data"]["execution_id"], e["data"]["status"]) for e in events
                     if (e["data"]["execution_id"], e["data"]["status"]) != (mine["id"], "pending")]
 
-        assert await statuses(streams["all of mine"]) == [(elsewhere["id"], "pending"), (mine["id"], "running")]
+        assert await statuses(streams["all of mine"]) == [
+            (elsewhere["id"], "pending"), (mine["id"], "running")]
         assert await statuses(streams["one workflow"]) == [(mine["id"], "running")]
         assert await statuses(streams["running only"]) == [(mine["id"], "running")]
         assert await statuses(streams["a worker"]) == [
@@ -252,7 +259,8 @@ async def test_a_client_that_cannot_keep_up_is_dropped_and_resumes(client_with, 
 
 async def test_a_stream_ends_when_its_token_expires(user):
     execution = await user.create_execution()
-    stream = await RawEventStream.open(user.client, events_path(execution["id"]), auth(token_for(user.sub, ttl=2)))
+    short_lived = auth(token_for(user.sub, ttl=2))
+    stream = await RawEventStream.open(user.client, events_path(execution["id"]), short_lived)
     try:
         events = await stream.rest(timeout=10)
         assert [m["type"] for m in datas(events)] == ["status", "node", "node", "synced", "error"]

@@ -38,9 +38,11 @@ async def test_a_bad_since_is_422(client, user, execution_id, since):
     assert "since" in error["details"]["fields"]
 
 
-@pytest.mark.parametrize("last_event_id", ["abc", "-1", "1.0", "1 2", "99999999999999999999", "٣", "9" * 8000])
+@pytest.mark.parametrize("last_event_id", [
+    "abc", "-1", "1.0", "1 2", "99999999999999999999", "٣", "9" * 8000])
 async def test_a_bad_last_event_id_is_400(client, user, execution_id, last_event_id):
-    status, error = await refusal(client, events_path(execution_id), {**user.headers, "Last-Event-ID": last_event_id})
+    headers = {**user.headers, "Last-Event-ID": last_event_id}
+    status, error = await refusal(client, events_path(execution_id), headers)
     assert (status, error["code"]) == (400, "bad_request")
     assert "Last-Event-ID" in error["message"] and len(error["details"]["last_event_id"]) <= 40
 
@@ -53,8 +55,8 @@ async def test_an_accept_without_event_stream_is_406(client, user, execution_id,
         assert (status, error["code"]) == (406, "not_acceptable")
 
 
-@pytest.mark.parametrize("accept", [None, "*/*", "text/*", "text/event-stream", "application/json, text/event-stream",
-                                    "TEXT/EVENT-STREAM;q=0.5"])
+@pytest.mark.parametrize("accept", [None, "*/*", "text/*", "text/event-stream",
+                                    "application/json, text/event-stream", "TEXT/EVENT-STREAM;q=0.5"])
 async def test_any_accept_that_takes_event_stream_is_served(client, user, execution_id, accept):
     stream = await RawEventStream.open(client, events_path(execution_id), user.headers, accept=accept)
     await stream.close()
@@ -119,13 +121,15 @@ async def test_another_sites_page_is_refused_and_an_allowed_one_gets_cors_header
     client = await client_with(allowed_origins=("http://app.example",))
     user = Actor(client)
     execution = await user.create_execution()
-    status, error = await refusal(client, events_path(execution["id"]), {**user.headers, "Origin": "http://evil.example"})
+    evil = {**user.headers, "Origin": "http://evil.example"}
+    allowed = {**user.headers, "Origin": "http://app.example"}
+    status, error = await refusal(client, events_path(execution["id"]), evil)
     assert (status, error["code"]) == (403, "forbidden")
-    stream = await RawEventStream.open(client, events_path(execution["id"]), {**user.headers, "Origin": "http://app.example"})
+    stream = await RawEventStream.open(client, events_path(execution["id"]), allowed)
     await stream.close()
     assert (stream.status, stream.headers["access-control-allow-origin"]) == (200, "http://app.example")
     # Refusals a page may read (its token refused, no such execution) carry them too.
-    stream = await RawEventStream.open(client, events_path(str(uuid.uuid4())), {**user.headers, "Origin": "http://app.example"})
+    stream = await RawEventStream.open(client, events_path(str(uuid.uuid4())), allowed)
     await stream.close()
     assert (stream.status, stream.headers["access-control-allow-origin"]) == (404, "http://app.example")
 
@@ -142,12 +146,13 @@ async def test_the_access_log_has_the_path_without_the_token(client, user, execu
 
 
 async def test_every_route_answers_the_one_error_shape_with_the_request_id(client, user, execution_id):
-    stream = await RawEventStream.open(client, events_path(execution_id), {**user.headers, "X-Request-ID": "sse-1"},
-                                       accept="application/json")
+    stream = await RawEventStream.open(client, events_path(execution_id),
+                                       {**user.headers, "X-Request-ID": "sse-1"}, accept="application/json")
     await stream.json_body()
     await stream.close()
     assert (stream.status, stream.headers["x-request-id"]) == (406, "sse-1")
-    stream = await RawEventStream.open(client, events_path(execution_id), {**user.headers, "X-Request-ID": "sse-2"})
+    stream = await RawEventStream.open(client, events_path(execution_id),
+                                       {**user.headers, "X-Request-ID": "sse-2"})
     await stream.close()
     assert (stream.status, stream.headers["x-request-id"]) == (200, "sse-2")
 

@@ -155,10 +155,11 @@ OPERATIONS = (
               also=((204, "the client has every event of this finished execution: nothing more will come "
                           "(EventSource does not reconnect)"),), tag="live"),
     Operation("get", "/api/v1/executions/events", "streamExecutionFeed",
-              "Follow the executions feed as Server-Sent Events: `subscribed`, then the status of every change "
-              "to an execution you may see that matches the filters",
+              "Follow the executions feed as Server-Sent Events: `subscribed`, then the status of every "
+              "change to an execution you may see that matches the filters",
               query=schemas.FeedEventsQuery, errors=(401, 406, 422, 429, 505),
-              content_type="text/event-stream", ok_description=EVENT_STREAM_BODY, query_token=True, tag="live"),
+              content_type="text/event-stream", ok_description=EVENT_STREAM_BODY, query_token=True,
+              tag="live"),
     Operation("get", "/healthz", "healthz", "Liveness: the process answers", response=Health,
               errors=(), authenticated=False, tag="operations"),
     Operation("get", "/readyz", "readyz", "Readiness: database reachable and listener connected (else 503)",
@@ -220,10 +221,12 @@ def openapi_document() -> dict:
         info={"description": (
             "Workflow executions, live. REST under /api/v1 with bearer JWTs (HS256; claims sub, role, exp). "
             "Live updates come over the WebSocket GET /api/v1/ws/executions/{id}, described in the README, "
-            "since OpenAPI 3 cannot describe a WebSocket, or as Server-Sent Events (the `live` operations).")},
+            "since OpenAPI 3 cannot describe a WebSocket, or as Server-Sent Events (the `live` "
+            "operations).")},
     )
     spec.components.security_scheme(SECURITY_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
-    spec.components.security_scheme(QUERY_TOKEN_SCHEME, {"type": "apiKey", "in": "query", "name": "access_token"})
+    spec.components.security_scheme(QUERY_TOKEN_SCHEME,
+                                    {"type": "apiKey", "in": "query", "name": "access_token"})
     spec.components.schema("Error", schema=Error)
     for status, meaning in ERROR_MEANINGS.items():
         spec.components.response(f"Error{status}", {
