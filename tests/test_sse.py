@@ -4,6 +4,7 @@ slow clients; with writes made in plain SQL."""
 
 import asyncio
 
+import psycopg2
 import pytest
 
 from service.typedefs import hub_key
@@ -286,3 +287,25 @@ async def test_a_client_that_leaves_is_noticed_by_the_next_heartbeat_at_the_late
         await asyncio.sleep(0.05)
     assert hub.subscription_count == before
     assert value(await scrape(client), "aiagent_open_event_streams") == 0
+
+
+async def test_a_stream_opened_while_the_database_is_away_ends_at_once_for_the_client_to_return(
+        client, user, monkeypatch):
+    execution = await user.create_execution()
+    hub = client.app[hub_key]
+
+    async def database_away(*args, **kwargs):
+        raise psycopg2.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(hub, "read_catch_up", database_away)
+    stream = await open_stream(user, execution["id"])
+    events = await stream.rest()
+    await stream.close()
+    # A 200 that ends, not an error status: EventSource reconnects after `retry` only then.
+    assert stream.status == 200 and stream.ended
+    assert datas(events) == [{"type": "error", "message": "the database is unavailable; reconnect"}]
+    monkeypatch.undo()
+    stream = await open_stream(user, execution["id"])
+    snapshot = datas(await stream.events_until(lambda m: m["type"] == "synced"))
+    assert snapshot[0]["type"] == "status", "back: the snapshot, then synced"
+    await stream.close()

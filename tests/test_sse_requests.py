@@ -94,6 +94,11 @@ async def test_bad_feed_filters_are_422(client, user, query, field):
     assert (status, error["code"]) == (422, "validation_failed") and field in error["details"]["fields"]
 
 
+async def test_head_is_not_a_way_into_a_stream(client, user, execution_id):
+    response = await client.head(events_path(execution_id), headers=user.headers)
+    assert response.status == 405
+
+
 async def test_headers_over_the_servers_limit_are_a_400_not_a_500(client, user, execution_id):
     """aiohttp's parser refuses them before any handler runs (its own plain answer, not the error shape)."""
     stream = await RawEventStream.open(client, events_path(execution_id),
