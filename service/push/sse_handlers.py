@@ -5,9 +5,13 @@ GET /api/v1/executions/{id}/events   one execution: its snapshot, or the events 
 GET /api/v1/executions/events        the executions feed (?workflow_id=, ?status=)
 
 Unlike the socket routes, these go through the HTTP middlewares (request id, the access log
-without the query string, metrics, the one error shape): a stream is refused with an HTTP
-status before it starts, which EventSource reports as an error and does not retry.
+without the query string, metrics, CORS on refusals, the one error shape): a stream is refused
+with an HTTP status before it starts, which EventSource reports as an error and does not retry.
+That keeps the middlewares' frames suspended while a stream is open (a few hundred bytes each),
+which the sockets avoid: streams are expected to be far fewer, and their refusals need the shape.
 """
+
+from collections.abc import Callable
 
 import structlog
 from aiohttp import hdrs, web
@@ -49,7 +53,7 @@ class NotAcceptable(ApiError):
     status, code = 406, "not_acceptable"
 
 
-class TooManyStreams(ApiError):
+class TooManyConnections(ApiError):
     status, code = 429, "too_many_connections"
 
 
@@ -132,10 +136,22 @@ class StreamSession:
         """Counted among its subject's connections (sockets and streams); 429 past the limit."""
         sockets = request.app[socket_counts_key]
         if not sockets.admit(principal.sub):
-            raise TooManyStreams(f"too many connections for this token (limit {sockets.limit} per process)")
+            raise TooManyConnections(f"too many connections for this token (limit {sockets.limit} per process)")
         return cls(request, principal, single_execution=single_execution)
 
-    async def start(self) -> None:
+    async def run(self, begin: Callable[[], None]) -> None:
+        """Start the stream, `begin` it (its subscriptions and first messages), and wait until it
+        ends: the outbox ends it (final status, too slow, token expired, server going away), or
+        a write finds the client gone (at the latest, the next heartbeat's). The response has
+        started: a failure from here on can only end it, never be answered."""
+        await self._start()
+        try:
+            begin()
+            await self.stream.wait_ended()
+        except Exception:
+            log.exception("sse.failed")
+
+    async def _start(self) -> None:
         """The headers and the `retry:` hint; from now on the stream is live: heartbeat comments,
         and its end when the token expires."""
         origin = self.request.headers.get(hdrs.ORIGIN)
@@ -155,14 +171,6 @@ class StreamSession:
         log.info("sse.token_expired")
         self.outbox.send_text(messages.error("token expired"))
         self.outbox.close(CLOSE_UNAUTHORIZED, "token expired", drain=True)
-
-    async def until_ended(self) -> None:
-        """Until the outbox ends the stream (final status, too slow, token expired, server going
-        away) or a write finds the client gone (at the latest, the next heartbeat's)."""
-        try:
-            await self.stream.wait_ended()
-        except Exception:  # the response has started: no error answer can follow, only the end
-            log.exception("sse.failed")
 
     async def finish(self) -> None:
         app = self.request.app
@@ -206,10 +214,12 @@ async def execution_events(request: web.Request) -> web.StreamResponse:
             # Like the socket's 1013: a stream that ends at once, so EventSource comes back
             # after `retry` (an error status would stop it for good).
             log.warning("sse.database_unavailable", error=type(exc).__name__)
-            await session.start()
-            outbox.send_text(messages.error("the database is unavailable; reconnect"))
-            outbox.close(CLOSE_FINISHED, "database unavailable", drain=True)
-            await session.until_ended()
+
+            def say_why():
+                outbox.send_text(messages.error("the database is unavailable; reconnect"))
+                outbox.close(CLOSE_FINISHED, "database unavailable", drain=True)
+
+            await session.run(say_why)
             return session.response
         if found is None:
             raise NotFound("execution", execution_id)
@@ -218,13 +228,15 @@ async def execution_events(request: web.Request) -> web.StreamResponse:
             # The client has it all, and nothing more will come: 204 stops an EventSource for
             # good, where the end of a stream would have it reconnect after `retry`.
             return web.Response(status=204)
-        await session.start()
-        found.offer_to(outbox)
-        if finished:
-            # What the client lacks (its final status among it), `synced`, then the end.
-            outbox.close(CLOSE_FINISHED, "finished", drain=True)
-        log.info("sse.subscribed", since=since, seq=found.upto)
-        await session.until_ended()
+
+        def catch_up():
+            found.offer_to(outbox)
+            if finished:
+                # What the client lacks (its final status among it), `synced`, then the end.
+                outbox.close(CLOSE_FINISHED, "finished", drain=True)
+            log.info("sse.subscribed", since=since, seq=found.upto)
+
+        await session.run(catch_up)
     finally:
         await session.finish()
     return session.response
@@ -241,14 +253,16 @@ async def feed_events(request: web.Request) -> web.StreamResponse:
     workflow_id = None if query["workflow_id"] is None else str(query["workflow_id"])
     structlog.contextvars.bind_contextvars(sub=principal.sub, transport="sse")
     session = StreamSession.open(request, principal, single_execution=False)
-    try:
-        await session.start()
-        viewer = None if principal.sees_everything else principal.sub
-        feed = FeedFilter(viewer, workflow_id=workflow_id, status=query["status"])
+    viewer = None if principal.sees_everything else principal.sub
+    feed = FeedFilter(viewer, workflow_id=workflow_id, status=query["status"])
+
+    def subscribe():
         session.hub.subscribe_feed(session.outbox, feed)
         session.outbox.send_text(messages.encode({"type": "subscribed", "feed": "executions"}))
         log.info("sse.feed_subscribed", workflow_id=workflow_id, status=query["status"])
-        await session.until_ended()
+
+    try:
+        await session.run(subscribe)
     finally:
         await session.finish()
     return session.response
