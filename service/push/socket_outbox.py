@@ -27,7 +27,8 @@ class SocketOutbox:
     is not behind, an event's frame (encoded once for every socket) is written at once;
     otherwise it is queued and a writer task, started then and gone once the queue is empty,
     sends it. A queued `status` that is still waiting is replaced by a newer one (latest wins);
-    every other message keeps its place. A full queue, or a frame that cannot leave within the
+    every other message keeps its place. A snapshot or catch-up ends with its `synced`, ahead of
+    the live events held while it was read. A full queue, or a frame that cannot leave within the
     send timeout, closes the socket with 1013. A close frame leaves after what is to be sent
     before it; the connection (frame_transport.py) does the rest of the closing handshake.
     """
