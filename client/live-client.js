@@ -11,8 +11,8 @@
 // execution's `seq`, gap-free and increasing. The client keeps the last seq it has applied and
 // reconnects with ?since=<it>, so the server sends exactly what it lacks; anything not newer is
 // dropped here too. A fresh connect (or a `resync: true` snapshot) is a view rather than a
-// history: its messages come before the `pong` that answers the ping sent on open, and only once
-// that pong arrives does the view count as applied.
+// history (in workflow order, not seq order): it ends with {"type": "synced", "seq": N}, and only
+// then does the view count as applied, up to N. A catch-up after `since` ends with one too.
 
 export const TERMINAL_STATUSES = new Set(['completed', 'failed', 'cancelled']);
 
@@ -346,8 +346,7 @@ class ExecutionWatcher extends LiveSocket {
     this.resumes = 0;        // reconnects that resumed with since
     this._finished = false;
     this._since = null;
-    this._viewing = false;   // receiving a snapshot (fresh or resync), before its pong
-    this._viewMax = 0;
+    this._viewing = false;   // receiving a snapshot (fresh or resync), before its `synced`
     this._mustReset = false; // a snapshot was cut short: the next view replaces it
   }
 
@@ -367,33 +366,25 @@ class ExecutionWatcher extends LiveSocket {
 
   _opened() {
     this._viewing = this._since === null;
-    this._viewMax = 0;
     if (this._viewing && (this._mustReset || this.lastSeq !== null)) this._call('onResync', { reason: 'reconnect' });
     this._mustReset = false;
-    // The ping sent on open (by _heartbeat) is answered after the snapshot or catch-up: its
-    // pong marks the moment the view is complete and the cursor may move.
-  }
-
-  _pong() {
-    super._pong();
-    if (this._viewing) {
-      // The answer to the ping sent on open comes after the snapshot: it is complete.
-      this.lastSeq = this._viewMax || this.lastSeq;
-      this._viewing = false;
-    }
   }
 
   _message(msg) {
+    if (msg.type === 'synced') {
+      // The snapshot or catch-up is complete: everything up to msg.seq is applied (a view
+      // replaces the cursor; a catch-up has brought it there).
+      this.lastSeq = this._viewing || this.lastSeq === null ? msg.seq : Math.max(this.lastSeq, msg.seq);
+      this._viewing = false;
+      return;
+    }
     if (!('seq' in msg) || !['status', 'node', 'log'].includes(msg.type)) return;
     if (msg.resync && !this._viewing) {
       // The server no longer has the history after our cursor: a fresh view replaces ours.
       this._viewing = true;
-      this._viewMax = 0;
       this._call('onResync', { reason: 'resync' });
     }
-    if (this._viewing) {
-      this._viewMax = Math.max(this._viewMax, msg.seq);
-    } else {
+    if (!this._viewing) {
       if (this.lastSeq !== null && msg.seq <= this.lastSeq) return; // already applied
       this.lastSeq = msg.seq;
     }

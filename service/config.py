@@ -80,9 +80,11 @@ class Config:
         minimum=1024, maximum=2**31 - 1)
     ws_heartbeat_seconds: float = setting(
         30.0, "Seconds between protocol ping rounds; a peer silent since the previous round's ping is "
-        "dropped. 0 turns pings off.", minimum=0, maximum=86400)
+        "dropped. Event streams get a `: ping` comment each round. 0 turns pings off.",
+        minimum=0, maximum=86400)
     ws_outbox_capacity: int = setting(
-        256, "Messages one socket may have queued before it is closed with 1013 (too slow).",
+        256, "Messages one socket (or event stream) may have queued before it is closed with 1013 "
+        "(too slow; a stream is dropped).",
         minimum=1, maximum=1_000_000)
     ws_send_timeout_seconds: float = setting(
         10.0, "Seconds one frame may take to leave before the socket is closed with 1013 (too slow).",
@@ -90,7 +92,8 @@ class Config:
     ws_max_subscriptions: int = setting(
         100, "Executions one socket on /api/v1/ws may subscribe to at once.", minimum=1, maximum=1_000_000)
     ws_max_sockets_per_subject: int = setting(
-        50, "Sockets one token subject may hold open on one process; past it a new socket closes with 4429.",
+        50, "Sockets and event streams one token subject may hold open on one process; past it a new socket "
+        "closes with 4429, a new stream is refused with 429.",
         minimum=1, maximum=10**8)
     ws_messages_per_second: float = setting(
         20.0, "Messages a client may send on one socket a second, on average; past it frames are dropped "

@@ -26,13 +26,16 @@ class Metrics:
             ["route", "method", "status"], registry=self.registry)
         self.open_sockets = Gauge(
             "aiagent_open_sockets", "WebSocket connections currently open.", registry=self.registry)
+        self.open_event_streams = Gauge(
+            "aiagent_open_event_streams", "Server-Sent Events streams currently open.",
+            registry=self.registry)
         # The push path (subscription_hub.py, socket_outbox.py) records these five.
         self.messages_sent = Counter(
-            "aiagent_messages_sent", "Messages written to WebSockets, by message type.",
+            "aiagent_messages_sent", "Messages written to WebSockets and event streams, by message type.",
             ["type"], registry=self.registry)
         self.commit_to_send_seconds = Histogram(
             "aiagent_commit_to_send_seconds",
-            "Seconds from a change's commit in PostgreSQL to its message leaving on a socket.",
+            "Seconds from a change's commit in PostgreSQL to its message leaving on a socket or stream.",
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.reconcile_corrections = Counter(
             "aiagent_reconcile_corrections",
@@ -42,8 +45,9 @@ class Metrics:
             "since) made together, in one statement; subscribers asking the same share one.",
             buckets=CATCH_UP_BUCKETS, registry=self.registry)
         self.slow_client_closes = Counter(
-            "aiagent_slow_client_closes", "Sockets closed with 1013 because the client could not keep up, "
-            "by reason (queue_full, send_timeout).", ["reason"], registry=self.registry)
+            "aiagent_slow_client_closes", "Sockets closed with 1013 (event streams: dropped) because the "
+            "client could not keep up, by reason (queue_full, send_timeout).", ["reason"],
+            registry=self.registry)
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """The exposition format the scraper asked for (Prometheus text 0.0.4 by default, or OpenMetrics)."""

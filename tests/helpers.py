@@ -1,11 +1,13 @@
 """What many tests do, in one place: read a socket's messages, scrape metrics, cut the listener
-off, hold a socket that never reads, follow an execution across servers."""
+off, hold a socket that never reads, follow an execution across servers, read an event stream."""
 
 import asyncio
 import base64
+import json
 import os
 import socket
 import struct
+import urllib.parse
 
 import aiopg
 from aiohttp import WSMsgType
@@ -40,9 +42,19 @@ async def drain(ws) -> list[dict]:
 
 
 async def drain_snapshot(ws, nodes: int = 2) -> list[dict]:
-    """The connect snapshot of an execution with no log lines: the status, then each node."""
-    received = [await next_json(ws) for _ in range(1 + nodes)]
-    assert [m["type"] for m in received] == ["status"] + ["node"] * nodes
+    """The connect snapshot of an execution with no log lines: the status, each node, then the
+    `synced` that ends it (returned with them)."""
+    received = [await next_json(ws) for _ in range(2 + nodes)]
+    assert [m["type"] for m in received] == ["status"] + ["node"] * nodes + ["synced"]
+    assert received[-1]["seq"] == max(m["seq"] for m in received[:-1])
+    return received
+
+
+async def until_synced(ws, timeout: float = 5.0) -> list[dict]:
+    """Every message up to the `synced` that ends a snapshot or catch-up (not included)."""
+    received = []
+    while (message := await next_json(ws, timeout))["type"] != "synced":
+        received.append(message)
     return received
 
 
@@ -144,10 +156,10 @@ class Follower:
         if resuming:
             params["since"] = str(self.last_seq)
         ws = await client.ws_connect(f"/api/v1/ws/executions/{self.execution_id}", params=params)
-        # Answered after what the server queued on connect: from then on the socket is live.
-        await ws.send_json({"type": "ping"})
-        while (message := await ws.receive_json(timeout=5))["type"] != "pong":
+        # What the server sends on connect ends with `synced`: from then on the socket is live.
+        while (message := await ws.receive_json(timeout=5))["type"] != "synced":
             self.note(message, snapshot=not resuming)
+        self.note(message)
         self._task = asyncio.create_task(self._read(ws))
 
     def note(self, message: dict, snapshot: bool = False) -> None:
@@ -170,3 +182,107 @@ class Follower:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+
+class RawEventStream:
+    """A Server-Sent Events client on a raw connection (asyncio streams, no HTTP library): the
+    status line and headers as sent, then the chunked body decoded and cut into SSE blocks, each
+    {"id", "data" (parsed JSON), "comment", "retry"} with None for what it lacks."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.status = 0
+        self.headers: dict[str, str] = {}  # lower-case names
+        self._text = ""
+        self.ended = False  # the body's last chunk came
+
+    @classmethod
+    async def open(cls, client, path: str, headers: dict | None = None, *, version: str = "1.1",
+                   accept: str | None = "text/event-stream") -> "RawEventStream":
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        lines = [f"GET {path} HTTP/{version}", f"Host: {client.host}:{client.port}"]
+        if accept is not None:
+            lines.append(f"Accept: {accept}")
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        stream = cls(reader, writer)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        stream.status = int(status_line.split()[1])
+        for line in filter(None, header_lines):
+            name, _, value = line.partition(":")
+            stream.headers.setdefault(name.strip().lower(), value.strip())
+        return stream
+
+    async def json_body(self) -> dict:
+        """The body of an answer that is not a stream (an error in the one shape)."""
+        length = int(self.headers["content-length"])
+        return json.loads(await asyncio.wait_for(self.reader.readexactly(length), 5))
+
+    async def _chunk(self, timeout: float) -> bool:
+        """One more chunk of the body into the text; False at its end (or the connection's)."""
+        try:
+            size_line = await asyncio.wait_for(self.reader.readuntil(b"\r\n"), timeout)
+        except asyncio.IncompleteReadError:
+            return False
+        size = int(size_line.strip(), 16)
+        data = await asyncio.wait_for(self.reader.readexactly(size + 2), timeout)
+        if size == 0:
+            self.ended = True
+            return False
+        self._text += data[:-2].decode()
+        return True
+
+    async def next_block(self, timeout: float = 5.0) -> dict | None:
+        """The next SSE block; None once the stream has ended."""
+        while "\n\n" not in self._text:
+            if not await self._chunk(timeout):
+                return None
+        block, self._text = self._text.split("\n\n", 1)
+        parsed = {"id": None, "data": None, "comment": None, "retry": None}
+        for line in block.split("\n"):
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "":
+                parsed["comment"] = value
+            elif field == "data":
+                parsed["data"] = json.loads(value)
+            elif field in ("id", "retry"):
+                parsed[field] = value
+        return parsed
+
+    async def next_event(self, timeout: float = 5.0) -> dict | None:
+        """The next block with data (skipping comments and the retry hint); None at the end."""
+        while (block := await self.next_block(timeout)) is not None:
+            if block["data"] is not None:
+                return block
+        return None
+
+    async def events_until(self, predicate, timeout: float = 5.0) -> list[dict]:
+        """Events (blocks with data) up to the first whose data matches, included."""
+        events = []
+        while True:
+            event = await self.next_event(timeout)
+            assert event is not None, f"the stream ended before; got {events}"
+            events.append(event)
+            if predicate(event["data"]):
+                return events
+
+    async def rest(self, timeout: float = 5.0) -> list[dict]:
+        """Every event until the stream ends."""
+        events = []
+        while (event := await self.next_event(timeout)) is not None:
+            events.append(event)
+        return events
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except ConnectionError:
+            pass
+
+
+def events_path(execution_id: str, **params) -> str:
+    query = urllib.parse.urlencode(params)
+    return f"/api/v1/executions/{execution_id}/events" + (f"?{query}" if query else "")

@@ -4,7 +4,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from .actors import Actor
-from .helpers import next_json, next_status
+from .helpers import RawEventStream, events_path, next_json, next_status
 
 REST_ROUTES = [
     ("GET", "/api/v1/executions/{id}", None),
@@ -14,6 +14,7 @@ REST_ROUTES = [
     ("PATCH", "/api/v1/executions/{id}/nodes/plan", {"status": "running"}),
     ("GET", "/api/v1/executions/{id}/logs", None),
     ("POST", "/api/v1/executions/{id}/logs", {"message": "sneaky"}),
+    ("GET", "/api/v1/executions/{id}/events", None),
 ]
 
 
@@ -72,6 +73,36 @@ async def test_another_user_cannot_watch_by_any_socket(victim_execution, other_u
         assert message["execution_id"] == own["id"]
 
 
+async def test_another_user_cannot_watch_by_any_event_stream(victim_execution, client, other_user, worker):
+    eid = victim_execution["id"]
+    for headers, path in ((other_user.headers, events_path(eid)),
+                          (other_user.headers, events_path(eid, since="0")),
+                          (other_user.headers, events_path(eid, since="1")),
+                          ({**other_user.headers, "Last-Event-ID": "1"}, events_path(eid)),
+                          ({}, events_path(eid, access_token=other_user.token))):
+        stream = await RawEventStream.open(client, path, headers)
+        body = await stream.json_body()
+        await stream.close()
+        assert (stream.status, body["error"]["code"], body["error"]["message"]) == (
+            404, "not_found", "no such execution")
+    # No token at all: 401 before anything is looked up.
+    stream = await RawEventStream.open(client, events_path(eid), {})
+    body = await stream.json_body()
+    await stream.close()
+    assert (stream.status, body["error"]["code"]) == (401, "unauthorized")
+
+    # The other user's feed stays silent about the victim's execution, and shows its own.
+    feed = await RawEventStream.open(client, "/api/v1/executions/events", other_user.headers)
+    try:
+        assert (await feed.next_event())["data"]["type"] == "subscribed"
+        await worker.request("PATCH", f"/api/v1/executions/{eid}", json={"progress": 9})
+        own = await other_user.create_execution()
+        message = (await feed.next_event())["data"]
+        assert (message["type"], message["execution_id"]) == ("status", own["id"])
+    finally:
+        await feed.close()
+
+
 async def test_workers_and_admins_see_everything(victim_execution, client):
     for role in ("worker", "admin"):
         actor = Actor(client, role)
@@ -79,3 +110,7 @@ async def test_workers_and_admins_see_everything(victim_execution, client):
         assert status == 200
         async with actor.ws(victim_execution["id"]) as ws:
             assert (await next_status(ws))["execution_id"] == victim_execution["id"]
+        stream = await RawEventStream.open(client, events_path(victim_execution["id"]), actor.headers)
+        event = await stream.next_event()
+        await stream.close()
+        assert (event["data"]["type"], event["data"]["execution_id"]) == ("status", victim_execution["id"])

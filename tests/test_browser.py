@@ -621,10 +621,76 @@ async def test_a_browser_socket_answers_the_heartbeat_and_stays(
         await page.goto(process.base + "/static/live-client.js")  # the service's origin
         url = f"ws://127.0.0.1:{process.port}/api/v1/ws/executions/{eid}?access_token={api.token}"
         idle = await page.evaluate(IDLE_SOCKET_PROBE, [url, 4000])
-        assert idle == {"readyState": 1, "closed": None, "types": ["status"]}, idle
+        assert idle == {"readyState": 1, "closed": None, "types": ["status", "synced"]}, idle
         await run_sql(sql, "UPDATE executions SET status='running', message='after the idle' WHERE id=%s", eid)
-        await page.wait_for_function("window.idleSocket.received.length === 2", timeout=TIMEOUT_MS)
-        assert await page.evaluate("window.idleSocket.received[1].message") == "after the idle"
+        await page.wait_for_function("window.idleSocket.received.length === 3", timeout=TIMEOUT_MS)
+        assert await page.evaluate("window.idleSocket.received[2].message") == "after the idle"
         await page.close()
     finally:
         process.close()
+
+
+EVENT_SOURCE_PROBE = """
+([path]) => {
+  // A bare EventSource, as any front end would open one: it reconnects by itself, with the
+  // Last-Event-ID header, after a stream ends or its connection fails.
+  const seen = { lines: [], ids: [], types: [], status: null, opens: 0 };
+  const source = new EventSource(path);
+  source.onopen = () => { seen.opens += 1; };
+  source.onmessage = (event) => {
+    const message = JSON.parse(event.data);
+    seen.types.push(message.type);
+    if (message.type === 'status') seen.status = message.status;
+    if (message.type === 'log') {
+      seen.lines.push(message.message);
+      seen.ids.push(Number(event.lastEventId));
+    }
+  };
+  window.sse = { source, seen };
+}
+"""
+
+
+async def test_event_source_resumes_with_last_event_id_across_a_server_restart(
+        database_url, browser, sql, tmp_path, change_source):
+    server = ServerProcess(database_url, tmp_path / "server.log", change_source)
+    server.start()
+    page = await (await browser.new_context()).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        api = Api(server.base, f"browser-{uuid.uuid4().hex[:8]}")
+        eid = (await api.execution())["id"]
+        await run_sql(sql, "UPDATE executions SET status='running' WHERE id=%s", eid)
+        await page.goto(server.base + "/static/live-client.js")  # the service's origin
+        await page.evaluate(EVENT_SOURCE_PROBE, [f"/api/v1/executions/{eid}/events?access_token={api.token}"])
+        await page.wait_for_function("window.sse.seen.types.includes('synced')")
+
+        log = "INSERT INTO execution_logs (execution_id, message) VALUES (%s, %s)"
+        lines = [f"line {i:03}" for i in range(90)]
+        for text in lines[:30]:
+            await run_sql(sql, log, eid, text)
+        await page.wait_for_function("window.sse.seen.lines.length === 30")
+
+        # The server goes away (its streams end) while lines keep coming; a new process takes its
+        # place on the same port, and EventSource comes back to it by itself.
+        stopping = asyncio.get_running_loop().run_in_executor(None, server.stop)
+        for text in lines[30:60]:
+            await run_sql(sql, log, eid, text)
+            await asyncio.sleep(0.01)
+        await stopping
+        await asyncio.get_running_loop().run_in_executor(None, server.start)
+        for text in lines[60:]:
+            await run_sql(sql, log, eid, text)
+        await run_sql(sql, "UPDATE executions SET status='completed' WHERE id=%s", eid)
+
+        # After the final status the stream ends; EventSource reconnects once more, gets 204 (it has
+        # everything) and stops for good: readyState CLOSED.
+        await page.wait_for_function("window.sse.source.readyState === EventSource.CLOSED", timeout=30_000)
+        seen = await page.evaluate("window.sse.seen")
+        assert seen["lines"] == lines, "every line, in order, none twice"
+        assert seen["ids"] == sorted(set(seen["ids"])) and len(seen["ids"]) == 90
+        assert seen["status"] == "completed" and seen["types"].count("synced") >= 2
+        assert seen["opens"] >= 2, seen["opens"]
+    finally:
+        await page.context.close()
+        server.close()

@@ -149,11 +149,12 @@ async def test_sockets_connecting_together_each_get_exactly_their_own_view(clien
         assert close_code is None, (kind, i)
         assert {m["execution_id"] for m in received} == {executions[i]}, "nothing of another execution"
         if kind == "snapshot":
-            assert [m["type"] for m in received] == ["status", "node", "node", "log", "log"]
+            assert [m["type"] for m in received] == ["status", "node", "node", "log", "log", "synced"]
             assert received[0]["message"] == f"run {i}" and received[0]["seq"] == 2
-            assert [m["message"] for m in received[3:]] == [f"{i}: first", f"{i}: second"]
+            assert [m["message"] for m in received[3:5]] == [f"{i}: first", f"{i}: second"]
+            assert received[-1]["seq"] == 5
         else:
-            assert [(m["type"], m["seq"]) for m in received] == [("node", 4), ("log", 5)]
+            assert [(m["type"], m["seq"]) for m in received] == [("node", 4), ("log", 5), ("synced", 5)]
             assert received[1]["message"] == f"{i}: second"
 
     after = await scrape(client)
@@ -179,7 +180,8 @@ async def test_sockets_asking_the_same_share_one_read_and_each_gets_all_of_it(cl
         await asyncio.gather(*(ws.close() for ws in opened))
     for received, close_code in results:
         assert close_code is None
-        assert [(m["type"], m["seq"]) for m in received] == [("log", seq) for seq in range(3, 23)]
+        expected = [("log", seq) for seq in range(3, 23)] + [("synced", 22)]
+        assert [(m["type"], m["seq"]) for m in received] == expected
     after = await scrape(client)
     distinct = value(after, "aiagent_catch_up_batch_size_sum") - value(before, "aiagent_catch_up_batch_size_sum")
     assert distinct < len(sockets), "equal requests made together were read once"

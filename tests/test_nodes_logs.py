@@ -46,8 +46,8 @@ async def test_node_and_log_events_written_in_sql_reach_the_socket_in_seq_order(
     execution = await user.create_execution()
     eid = execution["id"]
     async with user.ws(eid) as ws:
-        snapshot = [await next_json(ws) for _ in range(3)]
-        assert [m["type"] for m in snapshot] == ["status", "node", "node"]
+        snapshot = [await next_json(ws) for _ in range(4)]
+        assert [m["type"] for m in snapshot] == ["status", "node", "node", "synced"]
         await execute(sql, "UPDATE executions SET status='running' WHERE id=%s", eid)
         await execute(sql, "UPDATE execution_nodes SET status='running' WHERE execution_id=%s AND node_id='plan'", eid)
         await execute(sql, "INSERT INTO execution_logs (execution_id, node_id, message) VALUES (%s, 'plan', 'thinking')", eid)
@@ -170,7 +170,7 @@ async def test_cancelling_a_running_execution_closes_every_socket_with_the_final
     sockets = [await user.ws(execution["id"]).__aenter__() for _ in range(3)]
     try:
         for ws in sockets:
-            await messages_until(ws, lambda m: m["type"] == "node" and m["node_id"] == "act")
+            await messages_until(ws, lambda m: m["type"] == "synced")
         status, body = await other_user.request("POST", f"{base}/cancel")
         assert status == 404
         status, body = await user.request("POST", f"{base}/cancel")
@@ -209,8 +209,9 @@ async def test_resume_since_sends_every_event_after_it_once_in_order(user, worke
     await worker.request("POST", f"{base}/logs", json={"message": "b"})                  # 5
     await worker.request("PATCH", f"{base}/nodes/plan", json={"status": "completed"})    # 6, progress 50 → 7
     async with user.ws(execution["id"], since="3") as ws:
-        received = await messages_until(ws, lambda m: m["seq"] == 7)
-        assert [(m["type"], m["seq"]) for m in received] == [("node", 4), ("log", 5), ("node", 6), ("status", 7)]
+        received = await messages_until(ws, lambda m: m["type"] == "synced")
+        assert [(m["type"], m["seq"]) for m in received] == [
+            ("node", 4), ("log", 5), ("node", 6), ("status", 7), ("synced", 7)]
         await worker.request("POST", f"{base}/logs", json={"message": "live"})
         live = await next_json(ws)
         assert (live["type"], live["seq"], live["message"]) == ("log", 8, "live")
@@ -235,7 +236,8 @@ async def test_resume_older_than_retention_gets_a_resync_snapshot(user, worker, 
     async with user.ws(execution["id"], since="2") as ws:
         received = await drain(ws)
     assert received[0]["type"] == "status" and received[0]["resync"] is True
-    assert all(m["resync"] for m in received) and ws.close_code == 1000
+    assert all(m["resync"] for m in received[:-1]) and ws.close_code == 1000
+    assert received[-1] == {"type": "synced", "execution_id": execution["id"], "seq": body["seq"]}
 
 
 # -- one socket, many executions -------------------------------------------------------------
@@ -250,11 +252,15 @@ async def test_one_socket_watches_many_executions(user, worker, other_user):
         await ws.send_json({"type": "subscribe", "execution_id": theirs["id"]})
         missing = str(uuid.uuid4())
         await ws.send_json({"type": "subscribe", "execution_id": missing})
-        received = [await next_json(ws) for _ in range(5)]
+        received = [await next_json(ws) for _ in range(7)]
         errors = [m for m in received if m["type"] == "error"]
         assert {m["execution_id"] for m in errors} == {theirs["id"], missing}
         assert len(errors) == 2 and len({m["message"] for m in errors}) == 1, "not yours looks like missing"
-        assert [m["type"] for m in received if m.get("execution_id") == first["id"]] == ["status", "node", "node"]
+        assert [m["type"] for m in received if m.get("execution_id") == first["id"]] == [
+            "status", "node", "node", "synced"]
+        # Up to date already: told so, with nothing before it.
+        assert [m for m in received if m.get("execution_id") == second["id"]] == [
+            {"type": "synced", "execution_id": second["id"], "seq": 1}]
 
         await worker.request("PATCH", f"/api/v1/executions/{second['id']}", json={"status": "running"})
         message = await next_status(ws)
@@ -317,14 +323,15 @@ async def test_subscription_limit_and_a_subscribe_flood(client_with):
     async with multiplexed(user) as ws:
         for execution in executions:
             await ws.send_json({"type": "subscribe", "execution_id": execution["id"], "since": 1})
-        reply = await next_json(ws)
-        assert reply["type"] == "error" and "limit 3" in reply["message"]
-        assert reply["execution_id"] == executions[3]["id"]
+        replies = [await next_json(ws) for _ in range(4)]
+        assert [r["type"] for r in replies] == ["synced"] * 3 + ["error"]
+        reply = replies[-1]
+        assert "limit 3" in reply["message"] and reply["execution_id"] == executions[3]["id"]
         for _ in range(300):
             await ws.send_json({"type": "subscribe", "execution_id": executions[0]["id"], "since": 1})
             await ws.send_json({"type": "unsubscribe", "execution_id": executions[0]["id"]})
-        replies = [await next_json(ws) for _ in range(300)]
-        assert all(r["type"] == "unsubscribed" for r in replies)
+        replies = [await next_json(ws) for _ in range(600)]
+        assert [r["type"] for r in replies] == ["synced", "unsubscribed"] * 300
         hub = client.app[hub_key]
         assert hub.subscription_count == 2, "the flood left nothing behind"
 

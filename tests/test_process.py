@@ -41,6 +41,8 @@ async def test_served_process_pushes_sql_changes_to_a_websockets_client_and_stop
         async with websockets.connect(url) as ws:
             snapshot = json.loads(await asyncio.wait_for(ws.recv(), 5))
             assert (snapshot["type"], snapshot["status"]) == ("status", "pending")
+            synced = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert synced == {"type": "synced", "execution_id": execution["id"], "seq": snapshot["seq"]}
             await sql.execute("UPDATE executions SET status='running', progress=40 WHERE id=%s",
                               (execution["id"],))
             pushed = json.loads(await asyncio.wait_for(ws.recv(), 5))
@@ -267,7 +269,8 @@ async def test_sigterm_exits_within_the_bound_while_the_database_is_frozen(stopp
                                     json={"workflow_id": workflow["id"]}) as response:
                 execution = await response.json()
             async with session.ws_connect(f"{base}/api/v1/ws/executions/{execution['id']}") as ws:
-                await ws.receive(timeout=5)
+                await ws.receive(timeout=5)  # the status
+                await ws.receive(timeout=5)  # synced
                 freeze()
                 # Requests that wait on the frozen database: a read and a write.
                 stuck = [asyncio.create_task(session.get(f"{base}/api/v1/executions/{execution['id']}")),

@@ -144,11 +144,13 @@ async def test_joining_a_finished_execution_gets_the_final_status_and_1000(user,
     async with user.ws(execution["id"]) as ws:
         message = await next_status(ws)
         assert (message["status"], message["result"]) == ("completed", [1, 2, 3])
-        assert [m["type"] for m in await drain(ws)] == ["node", "node"]
+        rest = await drain(ws)
+        assert [m["type"] for m in rest] == ["node", "node", "synced"]
+        assert rest[-1] == {"type": "synced", "execution_id": execution["id"], "seq": message["seq"]}
         assert ws.close_code == 1000
-    # A client that already saw the final status gets just the close.
+    # A client that already saw the final status is told it is up to date, then closed.
     async with user.ws(execution["id"], since=str(message["seq"])) as ws:
-        assert (await ws.receive(timeout=5)).type == WSMsgType.CLOSE
+        assert await drain(ws) == [{"type": "synced", "execution_id": execution["id"], "seq": message["seq"]}]
         assert ws.close_code == 1000
 
 

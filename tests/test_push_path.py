@@ -10,7 +10,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from service.metrics import Metrics
-from service.push.messages import Event
+from service.push.messages import Event, synced_event
 from service.push.socket_outbox import SocketOutbox
 from service.push.subscription_hub import CATCH_UP_READER, LIVE_READER
 from service.typedefs import hub_key
@@ -175,9 +175,10 @@ async def test_live_events_wait_while_held_and_are_never_sent_twice(outbox_socke
     box.offer(status(3, "live"))  # arrives between subscribing and the snapshot
     with pytest.raises(asyncio.TimeoutError):
         await ws.receive(timeout=0.2)
-    box.offer_snapshot("e1", [status(3, "live")], upto=3)
+    synced = synced_event("e1", 3)
+    box.offer_snapshot("e1", [status(3, "live")], synced=synced)
     box.offer(status(4))
-    assert await received(ws, 2) == [status(3, "live").text, status(4).text]
+    assert await received(ws, 3) == [status(3, "live").text, synced.text, status(4).text]
 
 
 async def test_a_client_that_closes_first_is_answered_and_nothing_more_is_sent(outbox_socket):

@@ -28,7 +28,7 @@ FRAMES = st.lists(
     JSON.map(json.dumps) | MESSAGE_LIKE.map(json.dumps) | st.text(max_size=200)
     | st.integers(1, 3000).map(lambda n: "[" * n) | st.binary(max_size=100),
     min_size=1, max_size=25)
-REPLY_TYPES = {"error", "pong", "subscribed", "unsubscribed", "auth_ok", "status", "node", "log"}
+REPLY_TYPES = {"error", "pong", "subscribed", "unsubscribed", "auth_ok", "status", "node", "log", "synced"}
 
 
 async def exchange(config, frames) -> None:

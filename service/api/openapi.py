@@ -17,6 +17,8 @@ from . import schemas
 
 OPENAPI_VERSION = "3.0.3"
 SECURITY_SCHEME = "bearerAuth"
+# Event streams also take the token as ?access_token=: EventSource cannot set a header.
+QUERY_TOKEN_SCHEME = "accessTokenQuery"
 
 
 class ErrorDetail(marshmallow.Schema):
@@ -80,9 +82,24 @@ ERROR_MEANINGS = {
     403: "not allowed for this role",
     404: "no such resource, or not yours (the two look the same)",
     409: "an illegal change, e.g. a status transition or a write to a finished execution (nothing changed)",
+    406: "the Accept header does not take text/event-stream (send Accept: text/event-stream)",
     413: "the body is larger than max_body_bytes",
     422: "validation failed; details.fields has the messages per field",
+    429: "too many sockets and event streams open for this token (ws_max_sockets_per_subject per process)",
+    505: "an event stream needs HTTP/1.1 (its body is chunked)",
 }
+
+# What an event stream's 200 is, in words: OpenAPI 3.0 has no schema for a stream of events.
+EVENT_STREAM_BODY = (
+    "Server-Sent Events, one JSON message per `data:` line: the WebSocket's messages (`status`, `node`, "
+    "`log`, `synced`, `error`; on the feed `subscribed` then `status`). `id:` is the event's `seq` where "
+    "it is a resume cursor (live and caught-up events, `synced`; not a snapshot's, which is a view in "
+    "workflow order); a `retry:` hint first; a `: ping` comment every ws_heartbeat_seconds. See the README.")
+LAST_EVENT_ID = {
+    "in": "header", "name": "Last-Event-ID", "required": False,
+    "description": "the id of the last event received (EventSource sends it when it reconnects); wins over "
+                   "`since`",
+    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +117,11 @@ class Operation:
     authenticated: bool = True
     content_type: str = "application/json"
     tag: str = "executions"
+    ok_description: str | None = None
+    # Other answers that are not errors, by status: what each means.
+    also: tuple[tuple[int, str], ...] = ()
+    headers: tuple[dict, ...] = ()  # header parameters
+    query_token: bool = False  # the token may come as ?access_token= instead
 
 
 OPERATIONS = (
@@ -136,6 +158,20 @@ OPERATIONS = (
               201, LogList, body=(schemas.LogLine, schemas.LogBatch),
               errors=(400, 401, 403, 404, 409, 413, 422),
               tag="logs"),
+    Operation("get", "/api/v1/executions/{id}/events", "streamExecutionEvents",
+              "Follow one execution as Server-Sent Events: its snapshot (or the events after Last-Event-ID "
+              "or `since`), `synced`, then every change; the stream ends after the final status",
+              query=schemas.ExecutionEventsQuery, errors=(400, 401, 404, 406, 422, 429, 505),
+              content_type="text/event-stream", ok_description=EVENT_STREAM_BODY, headers=(LAST_EVENT_ID,),
+              query_token=True,
+              also=((204, "the client has every event of this finished execution: nothing more will come "
+                          "(EventSource does not reconnect)"),), tag="live"),
+    Operation("get", "/api/v1/executions/events", "streamExecutionFeed",
+              "Follow the executions feed as Server-Sent Events: `subscribed`, then the status of every "
+              "change to an execution you may see that matches the filters",
+              query=schemas.FeedEventsQuery, errors=(401, 406, 422, 429, 505),
+              content_type="text/event-stream", ok_description=EVENT_STREAM_BODY, query_token=True,
+              tag="live"),
     Operation("get", "/healthz", "healthz", "Liveness: the process answers", response=Health,
               errors=(), authenticated=False, tag="operations"),
     Operation("get", "/readyz", "readyz", "Readiness: database reachable and listener connected (else 503)",
@@ -152,7 +188,7 @@ OPERATIONS = (
 
 
 def _operation(op: Operation) -> dict:
-    ok: dict = {"description": "OK" if op.ok == 200 else "Created"}
+    ok: dict = {"description": op.ok_description or ("OK" if op.ok == 200 else "Created")}
     if op.response is not None:
         ok["content"] = {op.content_type: {"schema": op.response}}
     elif op.content_type != "application/json":
@@ -160,6 +196,8 @@ def _operation(op: Operation) -> dict:
     else:
         ok["content"] = {op.content_type: {"schema": {"type": "object"}}}
     responses = {str(op.ok): ok}
+    for status, meaning in op.also:
+        responses[str(status)] = {"description": meaning}
     for status in op.errors:
         if status == 503:
             responses["503"] = {"description": "not ready", "content": {"application/json": {"schema": Health}}}
@@ -168,6 +206,8 @@ def _operation(op: Operation) -> dict:
     operation: dict = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
                        "responses": responses}
     operation["security"] = [{SECURITY_SCHEME: []}] if op.authenticated else []
+    if op.query_token:
+        operation["security"].append({QUERY_TOKEN_SCHEME: []})
     parameters = []
     if "{id}" in op.path:
         parameters.append({"in": "path", "name": "id", "required": True,
@@ -177,6 +217,7 @@ def _operation(op: Operation) -> dict:
                            "schema": {"type": "string", "minLength": 1, "maxLength": 100}})
     if op.query is not None:
         parameters.append({"in": "query", "schema": op.query})
+    parameters.extend(op.headers)
     if parameters:
         operation["parameters"] = parameters
     if op.body is not None:
@@ -196,9 +237,12 @@ def openapi_document() -> dict:
         info={"description": (
             "Workflow executions, live. REST under /api/v1 with bearer JWTs (HS256; claims sub, role, exp). "
             "Live updates come over the WebSocket GET /api/v1/ws/executions/{id}, described in the README, "
-            "since OpenAPI 3 cannot describe a WebSocket.")},
+            "since OpenAPI 3 cannot describe a WebSocket, or as Server-Sent Events (the `live` "
+            "operations).")},
     )
     spec.components.security_scheme(SECURITY_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    spec.components.security_scheme(QUERY_TOKEN_SCHEME,
+                                    {"type": "apiKey", "in": "query", "name": "access_token"})
     spec.components.schema("Error", schema=Error)
     for status, meaning in ERROR_MEANINGS.items():
         spec.components.response(f"Error{status}", {

@@ -129,6 +129,22 @@ class ExecutionListQuery(ListQuery):
     workflow_id = fields.UUID(load_default=None)
 
 
+class ExecutionEventsQuery(marshmallow.Schema):
+    class Meta:
+        unknown = marshmallow.EXCLUDE
+
+    since = fields.Integer(load_default=None, validate=validate.Range(0, 10**18), metadata={
+        "description": "the last seq you saw: every event after it, then live (a Last-Event-ID header wins)"})
+
+
+class FeedEventsQuery(marshmallow.Schema):
+    class Meta:
+        unknown = marshmallow.EXCLUDE
+
+    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
+    workflow_id = fields.UUID(load_default=None)
+
+
 class WorkflowOut(marshmallow.Schema):
     id = fields.String()
     owner = fields.String()

@@ -1,4 +1,5 @@
-"""The push path, read top down: a change in PostgreSQL reaches every socket watching it.
+"""The push path, read top down: a change in PostgreSQL reaches every socket (and event stream)
+watching it.
 
     change_source      which listener (config change_source), and `announce` to switch:
       pg_listener      one LISTEN connection per process: batches of {execution id: seq}
@@ -9,6 +10,8 @@
     socket_outbox      each socket's bounded queue, written at once or by a writer of its own
     frame_transport    the frames written to each socket's connection, its flow control and close
     ws_handlers        the two socket routes: handshake (socket_handshake), subscribe, read loop
+    event_stream       a Server-Sent Events subscriber: the outbox writing SSE chunks to an HTTP response
+    sse_handlers       the two event-stream routes: refusals before the stream, subscribe, until it ends
 
 Beside them: read_batcher (new subscribers read together), heartbeat and expiry_timer (one ping
 round and one token-expiry timer for every socket), socket_limits (per subject and per socket).

@@ -1,4 +1,5 @@
-"""The messages a WebSocket client receives, encoded once per change and shared by every socket."""
+"""The messages a subscriber receives (on a WebSocket or a Server-Sent Events stream), encoded once
+per change and shared by every subscriber."""
 
 import dataclasses
 import datetime
@@ -11,7 +12,9 @@ from .frame_transport import ping_frame, text_frame
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
     """One encoded message about one execution, as it will leave on every subscribed socket:
-    `frame` is the whole WebSocket text frame, built once and written as is to each of them."""
+    `frame` is the whole WebSocket text frame, built once and written as is to each of them;
+    `sse_chunk` the same message as Server-Sent Events (event_stream.py builds it on first use,
+    as most events have no such subscriber)."""
 
     execution_id: str
     seq: int
@@ -20,7 +23,12 @@ class Event:
     terminal: bool = False
     # When the change committed (the row's updated_at or ts), for the commit-to-send metric.
     committed_at: str | datetime.datetime | None = None
+    # Whether `seq` is a resume cursor where this event is sent: every event of the execution up
+    # to it has been sent before it (live and catch-up events, `synced`). Not in a snapshot, which
+    # is a view in workflow order, nor on the feed. Server-Sent Events give only these an `id:`.
+    in_order: bool = False
     frame: bytes = dataclasses.field(init=False, repr=False, compare=False)
+    sse_chunk: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "frame", text_frame(self.text))
@@ -65,7 +73,8 @@ def status_message(row: dict) -> dict:
     }
 
 
-def status_event(row: dict, *, extra: dict | None = None, terminal: bool = True) -> Event:
+def status_event(row: dict, *, extra: dict | None = None, terminal: bool = True,
+                 in_order: bool = True) -> Event:
     """`terminal` marks a final status as the last event a single-execution socket sends."""
     message = status_message(row)
     if extra:
@@ -77,6 +86,7 @@ def status_event(row: dict, *, extra: dict | None = None, terminal: bool = True)
         text=encode(message),
         terminal=terminal and row["status"] in TERMINAL_STATUSES,
         committed_at=row["updated_at"],
+        in_order=in_order,
     )
 
 
@@ -120,17 +130,26 @@ def log_message(data: dict) -> dict:
 
 
 def event_from_parts(kind: str, execution_id: str, seq: int, data: dict, preview_limit: int, *,
-                     extra: dict | None = None, terminal: bool = True) -> Event:
+                     extra: dict | None = None, terminal: bool = True, in_order: bool = True) -> Event:
     """An Event from the columns of a row of the hub's reads (kind, execution_id, seq, data)."""
     if kind == "status":
-        return status_event(data, extra=extra, terminal=terminal)
+        return status_event(data, extra=extra, terminal=terminal, in_order=in_order)
     if kind == "node":
         message, committed_at = node_message(data, preview_limit), None  # node events carry no commit time
     else:
         message, committed_at = log_message(data), data["ts"]
     if extra:
         message.update(extra)
-    return Event(execution_id=execution_id, seq=seq, kind=kind, text=encode(message), committed_at=committed_at)
+    return Event(execution_id=execution_id, seq=seq, kind=kind, text=encode(message),
+                 committed_at=committed_at, in_order=in_order)
+
+
+def synced_event(execution_id: str, seq: int) -> Event:
+    """The end of a snapshot or catch-up: the subscriber now holds everything up to `seq`, and
+    what follows is live. (A snapshot's own seqs cannot say so: it is in workflow order, and
+    nodes untouched since creation share the creation's seq.)"""
+    message = {"type": "synced", "execution_id": execution_id, "seq": seq}
+    return Event(execution_id, seq, "synced", encode(message), in_order=True)
 
 
 def pong() -> str:

@@ -3,6 +3,7 @@ task of its own only while it does not, so no socket waits on another."""
 
 import asyncio
 import collections
+import operator
 from collections.abc import KeysView
 
 import structlog
@@ -26,13 +27,18 @@ class SocketOutbox:
     is not behind, an event's frame (encoded once for every socket) is written at once;
     otherwise it is queued and a writer task, started then and gone once the queue is empty,
     sends it. A queued `status` that is still waiting is replaced by a newer one (latest wins);
-    every other message keeps its place. A full queue, or a frame that cannot leave within the
+    every other message keeps its place. A snapshot or catch-up ends with its `synced`, ahead of
+    the live events held while it was read. A full queue, or a frame that cannot leave within the
     send timeout, closes the socket with 1013. A close frame leaves after what is to be sent
     before it; the connection (frame_transport.py) does the rest of the closing handshake.
     """
 
     __slots__ = ("_frames", "_capacity", "_send_timeout", "_close_on_terminal", "_metrics",
                  "_queue", "_writer", "_cursors", "_held", "_close", "unanswered_ping")
+
+    # The bytes of an event on this kind of connection: its WebSocket frame (event_stream.py's
+    # outbox writes its Server-Sent Events chunk instead). Both are built once per event.
+    _wire = operator.attrgetter("frame")
 
     def __init__(self, frames: FrameTransport, *, capacity: int, send_timeout: float,
                  close_on_terminal: bool = True, metrics=None):
@@ -102,21 +108,32 @@ class SocketOutbox:
             self._held = None
         return held
 
-    def offer_snapshot(self, execution_id: str, events: list[Event], upto: int) -> None:
+    def offer_snapshot(self, execution_id: str, events: list[Event], synced: Event) -> None:
         """A fresh view of one execution, sent in the order given and standing for everything up
-        to `upto`; live events of it already queued follow it if newer."""
+        to `synced.seq`; then `synced`, which tells the client so; then live events of it
+        already queued, if newer."""
         queued = [*self._take_queued(execution_id), *self._release(execution_id)]
         for event in events:
             if self._close is not None or not self._send(event):
                 return
-        self._cursors[execution_id] = upto
+        self._synced(synced)
         self._reoffer(queued)
 
-    def offer_catch_up(self, execution_id: str, events: list[Event], after: int) -> None:
-        """Every event after `after`, in seq order, ahead of live events already queued."""
+    def offer_catch_up(self, execution_id: str, events: list[Event], after: int, synced: Event) -> None:
+        """Every event after `after`, in seq order, then `synced`, ahead of live events already queued."""
         queued = [*self._take_queued(execution_id), *self._release(execution_id)]
         self._cursors[execution_id] = after
-        self._reoffer([*events, *queued])
+        self._reoffer(events)
+        self._synced(synced)
+        self._reoffer(queued)
+
+    def _synced(self, synced: Event) -> None:
+        """The end of a snapshot or catch-up: the cursor moves to its seq (live events up to it,
+        held or queued, are not news), and it is sent even when that seq is not news: a client
+        that was up to date already is told so too."""
+        if self._close is None:
+            self._cursors[synced.execution_id] = synced.seq
+            self._send(synced)
 
     def _take_queued(self, execution_id: str) -> list[Event]:
         if not self._queue:
@@ -189,7 +206,7 @@ class SocketOutbox:
     def _send(self, event: Event) -> bool:
         """In order after whatever is queued; at once when nothing is and the peer keeps up."""
         # A closing connection "takes" it too, unsent: its reader notices and ends the socket.
-        if self._writer is None and not self._queue and self._frames.write_now(event.frame):
+        if self._writer is None and not self._queue and self._frames.write_now(self._wire(event)):
             if event.terminal and self._close_on_terminal:
                 self.close(CLOSE_FINISHED, "finished", drain=False)
             return True
@@ -226,7 +243,7 @@ class SocketOutbox:
                     self._close = PEER_GONE
                     break
                 event = self._queue.popleft()
-                frames.write(event.frame)
+                frames.write(self._wire(event))
                 if frames.paused:
                     try:
                         async with asyncio.timeout(self._send_timeout):

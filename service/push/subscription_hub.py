@@ -13,7 +13,7 @@ import structlog
 from ..auth import Principal
 from ..db import repository
 from .change_reader import PreparedReader
-from .messages import Event, event_from_parts
+from .messages import Event, event_from_parts, synced_event
 from .read_batcher import ReadBatcher
 from .socket_outbox import SocketOutbox
 
@@ -38,11 +38,24 @@ CATCH_UP_READER = "aiagent-live catch-up"
 
 class CatchUp(typing.NamedTuple):
     """What a new subscriber lacks, read and encoded once for all who asked the same: the head
-    (owner, status, status_seq, resume), the execution's seq, and the messages in sending order."""
+    (owner, status, status_seq, resume), the `since` asked for, the messages in sending order,
+    and the `synced` that ends them (its seq the execution's, as of the read)."""
 
     head: dict
-    upto: int
+    since: int | None
     events: list[Event]
+    synced: Event
+
+    @property
+    def upto(self) -> int:
+        return self.synced.seq
+
+    def offer_to(self, outbox: SocketOutbox) -> None:
+        """Hand it to a subscriber registered, its live events held, before the read."""
+        if self.head["resume"]:
+            outbox.offer_catch_up(self.synced.execution_id, self.events, after=self.since, synced=self.synced)
+        else:
+            outbox.offer_snapshot(self.synced.execution_id, self.events, synced=self.synced)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,11 +175,23 @@ class SubscriptionHub:
 
     async def catch_up(self, execution_id: str, outbox: SocketOutbox, since: int | None,
                        principal: Principal) -> dict | None:
-        """Offer a new subscriber (registered already, its live events held) what it lacks: with
-        `since`, every event after it; without it, or when `since` is older than what is kept, a
-        snapshot: the status, every node, the last log lines, marked "resync" when it replaces a
-        resume. Returns the execution's head (owner, status, status_seq), or None, having offered
-        nothing, when it does not exist or the principal may not see it.
+        """Offer a new subscriber (registered already, its live events held) what it lacks:
+        read_catch_up, then offered at once. Returns the execution's head (owner, status,
+        status_seq), or None, having offered nothing, when it does not exist or the principal
+        may not see it."""
+        found = await self.read_catch_up(execution_id, since, principal)
+        if found is None:
+            return None
+        found.offer_to(outbox)
+        return found.head
+
+    async def read_catch_up(self, execution_id: str, since: int | None,
+                            principal: Principal) -> CatchUp | None:
+        """What a new subscriber lacks: with `since`, every event after it; without it, or when
+        `since` is older than what is kept, a snapshot: the status, every node, the last log
+        lines, marked "resync" when it replaces a resume; then `synced`. None when it does not
+        exist or the principal may not see it. A subscriber registers (and holds) before this,
+        so no change falls between the read and the live events.
 
         Concurrent subscribers are read together, in one statement per batch."""
         viewer = None if principal.sees_everything else principal.sub
@@ -178,11 +203,7 @@ class SubscriptionHub:
                 found = await self._catch_ups.read((execution_id, since, viewer))
         if found is None or not principal.may_see(found.head["owner"]):
             return None
-        if found.head["resume"]:
-            outbox.offer_catch_up(execution_id, found.events, after=since)
-        else:
-            outbox.offer_snapshot(execution_id, found.events, upto=found.upto)
-        return found.head
+        return found
 
     async def _standby_replayed_primary(self, execution_id: str) -> bool:
         """When the primary has the execution: wait (STANDBY_WAIT at most) until the standby has
@@ -210,14 +231,16 @@ class SubscriptionHub:
     def _catch_up(self, since: int | None, rows: list[tuple]) -> "CatchUp | None":
         if not rows:
             return None
-        (_, _, upto, head), rows = rows[0], rows[1:]
+        (_, execution_id, upto, head), rows = rows[0], rows[1:]
+        # Not `terminal` (no close on it): a finished execution's final status comes before
+        # `synced` (first, in a snapshot), and its socket is closed once both are out.
         if head["resume"]:
-            events = [event_from_parts(*row, self._preview_limit) for row in rows]
+            events = [event_from_parts(*row, self._preview_limit, terminal=False) for row in rows]
         else:
             extra = {"resync": True} if since is not None else None
-            # A final status comes first here, not last: the close waits until the snapshot is out.
-            events = [event_from_parts(*row, self._preview_limit, extra=extra, terminal=False) for row in rows]
-        return CatchUp(head, upto, events)
+            events = [event_from_parts(*row, self._preview_limit, extra=extra, terminal=False, in_order=False)
+                      for row in rows]
+        return CatchUp(head, since, events, synced_event(execution_id, upto))
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -321,7 +344,7 @@ class SubscriptionHub:
                 for outbox, feed in (feeds or {}).items():
                     if feed.wants(data):
                         event = event or event_from_parts("status", execution_id, status_seq, data,
-                                                          self._preview_limit, terminal=False)
+                                                          self._preview_limit, terminal=False, in_order=False)
                         outbox.offer_feed(event)
         return unseen
 
