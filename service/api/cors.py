@@ -27,6 +27,18 @@ def origin_refused(request: web.Request) -> web.Response | None:
     return refusal(origin)
 
 
+def let_origin_read(response: web.StreamResponse, origin: str) -> None:
+    """The CORS headers that let a page on an allowed `origin` read the response (an event stream
+    adds them itself before it starts: the middleware cannot, once it has)."""
+    response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+    response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
+    response.headers.add(hdrs.VARY, "Origin")
+
+
+def origin_allowed(request: web.Request, origin: str) -> bool:
+    return request.app[origin_policy_key].allows(origin, request.host)
+
+
 def refusal(origin: str) -> web.Response:
     return error_body(403, "forbidden", "origin not allowed", {"origin": origin[:200]})
 
@@ -55,9 +67,7 @@ async def cors(request: web.Request, handler):
     if response.prepared:
         return response
     if allowed:
-        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
-        response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
-        response.headers.add(hdrs.VARY, "Origin")
+        let_origin_read(response, origin)
     elif hdrs.ACCESS_CONTROL_ALLOW_ORIGIN not in response.headers:
         # The browser will not let the page read this answer (only what is open to every origin,
         # live-client.js and the origin check, says so itself).

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import structlog
 from aiohttp import hdrs, web
 
-from ..api.cors import EXPOSED_HEADERS, origin_allowed, origin_refused
+from ..api.cors import let_origin_read, origin_allowed, origin_refused
 from ..api.errors import ApiError, BadRequest, NotFound, Unauthorized
 from ..api.rest_handlers import load, path_uuid
 from ..api.schemas import ExecutionEventsQuery, FeedEventsQuery
@@ -156,10 +156,7 @@ class StreamSession:
         and its end when the token expires."""
         origin = self.request.headers.get(hdrs.ORIGIN)
         if origin is not None and origin_allowed(self.request, origin):
-            # The CORS middleware cannot add these to a response that has started.
-            self.response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
-            self.response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
-            self.response.headers.add(hdrs.VARY, "Origin")
+            let_origin_read(self.response, origin)
         self.response.headers["X-Request-ID"] = structlog.contextvars.get_contextvars()["request_id"]
         await self.stream.start(retry_ms())
         app = self.request.app
