@@ -9,6 +9,7 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from .api.cors import cors
+from .auth import TokenVerifier
 from .api.http_middlewares import json_errors, not_for_routes, request_context
 from .cancellation import cancel_and_wait
 from .config import Config
@@ -32,15 +33,16 @@ from .typedefs import (
     shutdown_key,
     socket_counts_key,
     token_expiries_key,
+    token_verifier_key,
 )
 
 log = structlog.get_logger(__name__)
 
 
 def create_app(config: Config) -> web.Application:
-    """Needs config.database_url and config.jwt_secret set (see __main__ for development mode)."""
-    if not config.database_url or not config.jwt_secret:
-        raise ValueError("create_app needs database_url and jwt_secret")
+    """Needs config.database_url, and jwt_secret or jwks_url, set (see __main__ for development mode)."""
+    if not config.database_url or not (config.jwt_secret or config.jwks_url):
+        raise ValueError("create_app needs database_url, and jwt_secret or jwks_url")
     # http_metrics outermost, to count the status the client finally got; cors outside
     # json_errors, so error answers carry CORS headers too.
     http_edge = (http_metrics, request_context, cors, json_errors)
@@ -54,10 +56,17 @@ def create_app(config: Config) -> web.Application:
     app[token_expiries_key] = ExpiryTimer()
     setup_routes(app)
     # In dependency order: the pool, then the hub that reads through it, then the listener and
-    # the reconcile that feed the hub; the sockets' heartbeat needs none of them.
-    app.cleanup_ctx.extend([db_pool_ctx, hub_ctx, listener_ctx, reconcile_ctx, heartbeat_ctx])
+    # the reconcile that feed the hub; the token verifier and the sockets' heartbeat need none.
+    app.cleanup_ctx.extend([token_verifier_ctx, db_pool_ctx, hub_ctx, listener_ctx, reconcile_ctx, heartbeat_ctx])
     app.on_shutdown.append(close_sockets)
     return app
+
+
+async def token_verifier_ctx(app: web.Application):
+    verifier = TokenVerifier.from_config(app[config_key])
+    app[token_verifier_key] = verifier
+    yield
+    await app[shutdown_key].bound("token_verifier", verifier.close())
 
 
 async def db_pool_ctx(app: web.Application):

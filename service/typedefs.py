@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 import aiopg
 from aiohttp import web
 
+from .auth import TokenVerifier
 from .config import Config
 from .push.change_source import ChangeListener
 from .push.expiry_timer import ExpiryTimer
@@ -19,6 +20,8 @@ if TYPE_CHECKING:  # metrics.py imports this module
 
 config_key = web.AppKey("config", Config)
 db_pool_key = web.AppKey("db_pool", aiopg.Pool)
+# Checks every bearer token: HS256 with jwt_secret, and the identity provider's with its JWKS.
+token_verifier_key = web.AppKey("token_verifier", TokenVerifier)
 hub_key = web.AppKey("hub", SubscriptionHub)
 listener_key = web.AppKey("listener", ChangeListener)
 # The listener's run() task: done means it crashed, and the systemd watchdog stops pinging.
