@@ -5,6 +5,7 @@ block every socket of the process for as long as the identity provider takes to 
 """
 
 import asyncio
+import contextvars
 import json
 import time
 
@@ -61,7 +62,9 @@ class JwksKeys:
 
     def _start_fetch(self, now: float) -> None:
         self._tried_at = now
-        self._fetching = asyncio.create_task(self._fetch())
+        # A context of its own: the fetch serves every waiting request, not the one that started it
+        # (whose request id would otherwise be on its log lines).
+        self._fetching = asyncio.create_task(self._fetch(), context=contextvars.Context())
         self._fetching.add_done_callback(self._fetch_done)
 
     def _fetch_done(self, task: asyncio.Task) -> None:
