@@ -57,7 +57,8 @@ def create_app(config: Config) -> web.Application:
     setup_routes(app)
     # In dependency order: the pool, then the hub that reads through it, then the listener and
     # the reconcile that feed the hub; the token verifier and the sockets' heartbeat need none.
-    app.cleanup_ctx.extend([token_verifier_ctx, db_pool_ctx, hub_ctx, listener_ctx, reconcile_ctx, heartbeat_ctx])
+    app.cleanup_ctx.extend(
+        [token_verifier_ctx, db_pool_ctx, hub_ctx, listener_ctx, reconcile_ctx, heartbeat_ctx])
     app.on_shutdown.append(close_sockets)
     return app
 
@@ -65,6 +66,7 @@ def create_app(config: Config) -> web.Application:
 async def token_verifier_ctx(app: web.Application):
     verifier = TokenVerifier.from_config(app[config_key])
     app[token_verifier_key] = verifier
+    verifier.prefetch()
     yield
     await app[shutdown_key].bound("token_verifier", verifier.close())
 

@@ -201,6 +201,10 @@ class TokenVerifier:
             raise InvalidToken("unknown signing key")
         return unexpired(_verified_by_provider(key, token, self.rules))
 
+    def prefetch(self) -> None:
+        if self.keys is not None:
+            self.keys.prefetch()
+
     async def close(self) -> None:
         if self.keys is not None:
             await self.keys.close()

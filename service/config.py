@@ -124,7 +124,8 @@ class Config:
         check=checked_algorithms,
         allowed="a list of " + ", ".join(TOKEN_ALGORITHMS))
     jwt_issuer: str = setting(
-        "", "The iss a JWKS-checked token must carry (the identity provider's issuer URL); empty: not checked.")
+        "", "The iss a JWKS-checked token must carry (the identity provider's issuer URL); empty: not "
+        "checked.")
     jwt_audience: str = setting(
         "", "The aud a JWKS-checked token must carry (this service at the identity provider); empty: not "
         "checked.")

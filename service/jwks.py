@@ -20,8 +20,8 @@ MAX_JWKS_BYTES = 1024 * 1024  # real ones are a few KiB
 
 
 class JwksKeys:
-    """The keys by `kid`: fetched on first use, again in the background once older than
-    `max_age`, and again at once for a `kid` not among them, but whatever the tokens say, at
+    """The keys by `kid`: fetched at start (prefetch), again in the background once older than
+    `max_age`, and again at once for a `kid` not among them; but whatever the tokens say, at
     most once per `min_refetch` seconds, so made-up key ids cannot flood the identity provider."""
 
     def __init__(self, url: str, algorithms: tuple[str, ...], *, max_age: float, min_refetch: float):
@@ -49,6 +49,12 @@ class JwksKeys:
             # Shielded: a caller that goes away (a closed socket) must not cancel everyone's fetch.
             await asyncio.shield(self._fetching)
         return self._keys.get(kid)
+
+    def prefetch(self) -> None:
+        """Fetch now, in the background: the first token need not wait, and a wrong jwks_url
+        shows in the log at start rather than at the first login."""
+        if self._fetching is None and self._may_fetch(time.monotonic()):
+            self._start_fetch(time.monotonic())
 
     async def close(self) -> None:
         if self._fetching is not None:

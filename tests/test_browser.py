@@ -396,11 +396,13 @@ WATCH_THE_LIST = """
   window.listChanges = { removed: 0, updated: 0 };
   new MutationObserver((records) => {
     for (const r of records) {
-      if (r.type === 'childList') window.listChanges.removed += [...r.removedNodes].filter((n) => n.nodeName === 'TR' && !n.isConnected).length;
+      const rows = [...r.removedNodes].filter((n) => n.nodeName === 'TR' && !n.isConnected);
+      if (r.type === 'childList') window.listChanges.removed += rows.length;
       else window.listChanges.updated += 1;
     }
-  }).observe(document.getElementById('executions'),
-             { childList: true, subtree: true, attributes: true, attributeFilter: ['data-status', 'aria-valuenow'] });
+  }).observe(document.getElementById('executions'), {
+    childList: true, subtree: true, attributes: true, attributeFilter: ['data-status', 'aria-valuenow'],
+  });
 }
 """
 
@@ -421,8 +423,8 @@ async def test_every_click_on_a_row_opens_it_while_the_demo_worker_writes(databa
         server.start()
         with open(tmp_path / "worker.log", "wb") as worker_log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "service", "demo-worker", "--seed", "--speed", "3", "--concurrency", "4",
-                 "--submit-every", "1.2", "--fail-rate", "0.1"],
+                [sys.executable, "-m", "service", "demo-worker", "--seed", "--speed", "3",
+                 "--concurrency", "4", "--submit-every", "1.2", "--fail-rate", "0.1"],
                 env=server.env, stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         context = await browser.new_context(viewport={"width": 1400, "height": 900})
         page = await context.new_page()
@@ -481,9 +483,11 @@ async def test_a_refused_token_clears_the_list(server, page, sql):
 
     # The token expires while the page is open: the feed's socket is closed with 4401.
     await sign_in(page, server.base, token_for(api.sub, ttl=4))
-    await expect(page.locator(f'#executions tr[data-id="{running}"]')).to_have_attribute("data-status", "running")
+    running_row = page.locator(f'#executions tr[data-id="{running}"]')
+    await expect(running_row).to_have_attribute("data-status", "running")
     await expect(rows).to_have_count(2)
-    await expect(page.locator("#banner")).to_contain_text("refused this token (token expired)", timeout=15_000)
+    await expect(page.locator("#banner")).to_contain_text("refused this token (token expired)",
+                                                          timeout=15_000)
     await expect(rows).to_have_count(0)
     await expect(page.locator("#executions-empty")).to_be_hidden()
     await expect(page.locator("#executions-none-match")).to_be_hidden()

@@ -51,8 +51,8 @@ async def test_the_demo_seeds_and_runs_its_own_workflows_beside_a_users_of_the_s
         users[(await sql.fetchone())[0]] = name
     assert await seed_workflows(pool, owner) == ["research agent", "support triage", "release notes"]
     assert await seed_workflows(pool, owner) == []
-    workflows = await rows(sql, "SELECT id::text, name, jsonb_array_length(nodes) FROM workflows WHERE owner = %s",
-                           owner)
+    workflows = await rows(sql, "SELECT id::text, name, jsonb_array_length(nodes) FROM workflows "
+                                "WHERE owner = %s", owner)
     assert sorted((name, nodes) for _, name, nodes in workflows) == [
         ("my first workflow", 2), ("release notes", 3), ("research agent", 1), ("research agent", 4),
         ("support triage", 4)]
