@@ -458,6 +458,13 @@ async def test_every_click_on_a_row_opens_it_while_the_demo_worker_writes(databa
                 except AssertionError:
                     missed.append((attempt, pressed))
                 await asyncio.sleep(rng.uniform(0.15, 0.4))
+            # Keyboard focus on a row's link stays there while the rows around it change.
+            await page.evaluate("location.hash = '#/'")
+            focused = await page.evaluate(
+                "(() => { const tr = document.querySelectorAll('#executions tr')[2];"
+                " tr.querySelector('a').focus(); return tr.dataset.id; })()")
+            await asyncio.sleep(2)
+            assert await page.evaluate("document.activeElement.closest('tr')?.dataset.id") == focused
             changes = await page.evaluate("window.listChanges")
             assert (opened, missed) == (30, []), f"{len(missed)} of 30 clicks opened nothing: {missed}"
             assert changes["updated"] >= 30, f"the demo barely wrote while the test clicked: {changes}"
