@@ -31,6 +31,9 @@ ALGORITHM = "HS256"
 # published public key used as an HMAC secret (and never "none").
 TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 STRONGEST_FIRST = ("admin", "worker", "user")
+# The identity provider's clock may run ahead of ours: a token it has just issued is not refused
+# as "not yet valid" (iat, nbf) for this long. Expiry stays exact (unexpired()).
+CLOCK_SKEW_SECONDS = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +139,7 @@ def _verified_by_provider(key: jwt.PyJWK, token: str, rules: IdentityProviderRul
     try:
         claims = jwt.decode(
             token, key.key, algorithms=[key.algorithm_name],
-            issuer=rules.issuer or None, audience=rules.audience or None,
+            issuer=rules.issuer or None, audience=rules.audience or None, leeway=CLOCK_SKEW_SECONDS,
             # A provider's tokens carry an aud for some service; unchecked unless configured.
             options={"require": ["sub", "exp"], "verify_aud": bool(rules.audience)})
     except jwt.ExpiredSignatureError as exc:

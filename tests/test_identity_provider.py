@@ -168,6 +168,18 @@ async def test_issuer_and_audience_are_checked_when_configured(idp, idp_client):
         assert (status, body["error"]["message"]) == (401, reason), claims
 
 
+async def test_a_provider_clock_a_little_ahead_is_allowed_for_but_not_past_expiry(idp, idp_client):
+    kid = idp.new_key()
+    client = await idp_client()
+    now = int(time.time())
+    for claims, expected in (({"iat": now + 20, "nbf": now + 20}, 200), ({"iat": now + 120}, 401),
+                             ({"nbf": now + 120}, 401), ({"exp": now - 1}, 401)):
+        status, body = await request(client, "GET", "/api/v1/executions", idp.token(kid, **claims))
+        assert status == expected, (claims, body)
+    status, body = await request(client, "GET", "/api/v1/executions", idp.token(kid, exp=now - 1))
+    assert body["error"]["message"] == "token expired"
+
+
 async def test_an_audience_is_not_checked_unless_configured(idp, idp_client):
     # Providers put an aud in every token; without jwt_audience it is not held against them.
     kid = idp.new_key()
