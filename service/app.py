@@ -9,8 +9,8 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from .api.cors import cors
-from .auth import TokenVerifier
 from .api.http_middlewares import json_errors, not_for_routes, request_context
+from .auth import TokenVerifier
 from .cancellation import cancel_and_wait
 from .config import Config
 from .db import repository
