@@ -28,8 +28,9 @@ DEV_TOKEN_TTL = 7 * 24 * 3600
 def with_development_defaults(config: Config) -> Config:
     """No DATABASE_URL: start the embedded PostgreSQL and use a development secret."""
     if not config.embedded_database:
-        if not config.jwt_secret:
-            raise ConfigError("JWT_SECRET must be set when DATABASE_URL is")
+        if not config.jwt_secret and not config.jwks_url:
+            raise ConfigError("JWT_SECRET or JWKS_URL (an identity provider's keys) must be set when "
+                              "DATABASE_URL is")
         return config
     from .dev.embedded_db import development_secret, start_embedded_postgres
 
@@ -50,8 +51,11 @@ def with_development_defaults(config: Config) -> Config:
 
 def with_secret(config: Config) -> Config:
     """Just the secret (for token and watch): no need to start a database for that."""
-    if config.jwt_secret or not config.embedded_database:
+    if config.jwt_secret:
         return config
+    if not config.embedded_database:
+        raise ConfigError("JWT_SECRET is not set, and this service signs tokens with nothing else "
+                          "(with JWKS_URL alone, tokens come from the identity provider)")
     from .dev.embedded_db import development_secret
 
     return dataclasses.replace(config, jwt_secret=development_secret(config.data_dir))

@@ -11,6 +11,7 @@ from aiohttp import WSCloseCode, web
 from .api.cors import cors
 from .api.http_middlewares import json_errors, not_for_routes, request_context
 from .api.origin_policy import OriginPolicy
+from .auth import TokenVerifier
 from .cancellation import cancel_and_wait
 from .config import Config
 from .db import repository
@@ -34,18 +35,19 @@ from .typedefs import (
     shutdown_key,
     socket_counts_key,
     token_expiries_key,
+    token_verifier_key,
 )
 
 log = structlog.get_logger(__name__)
 
 
 def create_app(config: Config, *, development: bool = False) -> web.Application:
-    """Needs config.database_url and config.jwt_secret set (see __main__ for development mode).
+    """Needs config.database_url, and jwt_secret or jwks_url, set (see __main__ for development mode).
 
     `development`: the process runs on the embedded database it started itself (`make run`), so
     front ends on any loopback origin are allowed; never set from configuration."""
-    if not config.database_url or not config.jwt_secret:
-        raise ValueError("create_app needs database_url and jwt_secret")
+    if not config.database_url or not (config.jwt_secret or config.jwks_url):
+        raise ValueError("create_app needs database_url, and jwt_secret or jwks_url")
     # http_metrics outermost, to count the status the client finally got; cors outside
     # json_errors, so error answers carry CORS headers too.
     http_edge = (http_metrics, request_context, cors, json_errors)
@@ -60,10 +62,19 @@ def create_app(config: Config, *, development: bool = False) -> web.Application:
     app[token_expiries_key] = ExpiryTimer()
     setup_routes(app)
     # In dependency order: the pool, then the hub that reads through it, then the listener and
-    # the reconcile that feed the hub; the sockets' heartbeat needs none of them.
-    app.cleanup_ctx.extend([db_pool_ctx, hub_ctx, listener_ctx, reconcile_ctx, heartbeat_ctx])
+    # the reconcile that feed the hub; the token verifier and the sockets' heartbeat need none.
+    app.cleanup_ctx.extend(
+        [token_verifier_ctx, db_pool_ctx, hub_ctx, listener_ctx, reconcile_ctx, heartbeat_ctx])
     app.on_shutdown.append(close_sockets)
     return app
+
+
+async def token_verifier_ctx(app: web.Application):
+    verifier = TokenVerifier.from_config(app[config_key])
+    app[token_verifier_key] = verifier
+    verifier.prefetch()
+    yield
+    await app[shutdown_key].bound("token_verifier", verifier.close())
 
 
 async def db_pool_ctx(app: web.Application):

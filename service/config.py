@@ -6,12 +6,17 @@ values; a TOML file overrides the defaults, and the environment (the key in uppe
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import math
 import os
 import re
 import tomllib
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
+
+from .auth import ROLES, TOKEN_ALGORITHMS
 
 # A checkout's own file (where `make run` finds it); an installed wheel has none, and runs on its
 # defaults and the environment unless AIAGENT_CONFIG or --config names a file.
@@ -37,11 +42,53 @@ class Rule:
     secret: bool = False  # never shown
     password: bool = False  # a connection URL, shown without its password
     origins: bool = False
+    check: Callable | None = None  # returns the value, normalised, or raises ValueError
     allowed: str | None = None
 
 
 def setting(default, description: str, **rule):
     return dataclasses.field(default=default, metadata={"description": description, "rule": Rule(**rule)})
+
+
+def checked_jwks_url(url: str) -> str:
+    """An https URL; plain http only to this machine (a test's or a sidecar's JWKS), since keys
+    fetched in the clear could be swapped by anyone on the path."""
+    if not url:
+        return url
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme == "https" and parts.hostname:
+        return url.strip()
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+        return url.strip()
+    raise ValueError(url)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def checked_algorithms(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Each one of TOKEN_ALGORITHMS, spelled as there."""
+    canonical = {name.lower(): name for name in TOKEN_ALGORITHMS}
+    if not names or any(name.lower() not in canonical for name in names):
+        raise ValueError(names)
+    return tuple(canonical[name.lower()] for name in names)
+
+
+def checked_role_map(pairs: tuple[str, ...]) -> tuple[str, ...]:
+    """Each "name=role", role one of ROLES; one role per name."""
+    names = set()
+    for pair in pairs:
+        name, equals, role = pair.partition("=")
+        if not equals or not name or role not in ROLES or name in names:
+            raise ValueError(pair)
+        names.add(name)
+    return pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +112,37 @@ class Config:
     db_pool_max: int = setting(
         10, "Most connections the REST pool opens.", minimum=1, maximum=1000)
     jwt_secret: str = setting(
-        "", "HS256 secret of bearer tokens; required with database_url (without it, a random one kept in "
-        "data_dir/jwt_secret).", secret=True)
+        "", "HS256 secret of bearer tokens; with database_url, this or jwks_url is required (without "
+        "database_url, a random one kept in data_dir/jwt_secret). Empty with jwks_url: no HS256 tokens.",
+        secret=True)
+    jwks_url: str = setting(
+        "", "URL of an identity provider's JWKS (its public signing keys): its tokens, signed with one of "
+        "jwt_algorithms, are accepted beside jwt_secret's. Empty: none.",
+        check=checked_jwks_url, allowed="empty, an https:// URL, or http:// to a loopback address")
+    jwt_algorithms: tuple[str, ...] = setting(
+        ("RS256", "ES256"), "Signature algorithms accepted for tokens checked with the JWKS.",
+        check=checked_algorithms,
+        allowed="a list of " + ", ".join(TOKEN_ALGORITHMS))
+    jwt_issuer: str = setting(
+        "", "The iss a JWKS-checked token must carry (the identity provider's issuer URL); empty: not "
+        "checked.")
+    jwt_audience: str = setting(
+        "", "The aud a JWKS-checked token must carry (this service at the identity provider); empty: not "
+        "checked.")
+    role_claim: str = setting(
+        "role", "Claim of a JWKS-checked token that holds its role: a string or a list of strings; a "
+        "dotted path (realm_access.roles) reaches into objects when no claim has the whole name.")
+    role_map: tuple[str, ...] = setting(
+        (), "The identity provider's role names as this service's roles (\"agent-admin=admin ops=worker\"); "
+        "with a map only mapped names count, without one the claim must say user, worker or admin. The "
+        "strongest role named wins.", check=checked_role_map,
+        allowed='a list of "name=role" with role one of ' + ", ".join(ROLES))
+    jwks_cache_seconds: float = setting(
+        300.0, "The JWKS is fetched again in the background once older than this (a key removed there is "
+        "refused from then on).", minimum=1, maximum=86400)
+    jwks_min_refetch_seconds: float = setting(
+        10.0, "A token naming a key the JWKS lacks fetches it again at most this often: tokens with made-up "
+        "key ids cannot flood the identity provider.", minimum=0, maximum=3600)
     log_level: str = setting(
         "info", "Least severe log level written.", choices=("debug", "info", "warning", "error", "critical"))
     log_format: str = setting(
@@ -150,6 +226,9 @@ class Config:
         return self.push_database_url or self.database_url
 
 
+# They say how to check the identity provider's tokens, so they mean nothing without its jwks_url.
+IDENTITY_PROVIDER_KEYS = ("jwt_algorithms", "jwt_issuer", "jwt_audience", "role_claim", "role_map",
+                          "jwks_cache_seconds", "jwks_min_refetch_seconds")
 ORDERED = (("db_pool_min", "db_pool_max"), ("listener_backoff_min_seconds", "listener_backoff_max_seconds"))
 FIELDS = {field.name: field for field in dataclasses.fields(Config)}
 
@@ -182,6 +261,11 @@ def load_config_and_sources(path: str | os.PathLike | None = None,
                 f"{lower} = {getattr(config, lower)} ({sources.get(lower, 'default')}) is more than "
                 f"{upper} = {getattr(config, upper)} ({sources.get(upper, 'default')}): "
                 f"{lower} must be at most {upper}")
+    if not config.jwks_url:
+        for name in IDENTITY_PROVIDER_KEYS:
+            if getattr(config, name) != FIELDS[name].default:
+                raise ConfigError(f"{name} ({sources[name]}) needs jwks_url: it applies to the identity "
+                                  "provider's tokens only")
     if config.push_database_url and config.change_source != "wal":
         raise ConfigError(
             f"push_database_url ({sources['push_database_url']}) needs change_source = wal "
@@ -226,6 +310,8 @@ def parse(name: str, raw, source: str):
             value = value.strip().lower()
             if value not in rule.choices:
                 raise ValueError
+        if rule.check is not None:
+            value = rule.check(value)
         if rule.origins:
             value = tuple(origin.rstrip("/") for origin in value)
             if not all(origin == "*" or ORIGIN.fullmatch(origin) for origin in value):

@@ -7,6 +7,7 @@ import aiopg
 from aiohttp import web
 
 from .api.origin_policy import OriginPolicy
+from .auth import TokenVerifier
 from .config import Config
 from .push.change_source import ChangeListener
 from .push.expiry_timer import ExpiryTimer
@@ -20,6 +21,8 @@ if TYPE_CHECKING:  # metrics.py imports this module
 
 config_key = web.AppKey("config", Config)
 db_pool_key = web.AppKey("db_pool", aiopg.Pool)
+# Checks every bearer token: HS256 with jwt_secret, and the identity provider's with its JWKS.
+token_verifier_key = web.AppKey("token_verifier", TokenVerifier)
 hub_key = web.AppKey("hub", SubscriptionHub)
 # Which browser origins may call the API and open sockets (the configured ones; in development
 # mode, loopback ones too).

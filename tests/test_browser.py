@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -21,9 +22,11 @@ import pytest
 from aiohttp import web
 
 from service.auth import issue_token
+from service.db.migrations import apply_migrations
 from service.dev.embedded_db import development_secret
 
 from .actors import JWT_SECRET, token_for
+from .databases import empty_database
 from .servers import free_port, wait_ready
 
 pytestmark = pytest.mark.both_change_sources
@@ -694,3 +697,148 @@ async def test_event_source_resumes_with_last_event_id_across_a_server_restart(
     finally:
         await page.context.close()
         server.close()
+
+
+# -- the dashboard's list under a running demo ------------------------------------------------
+
+WATCH_THE_LIST = """
+() => {
+  // What a press lands on, and what happens to the list's rows while the test clicks.
+  window.pressed = [];
+  document.addEventListener('pointerdown', (e) => {
+    window.pressed.push(e.target.closest('#executions tr[data-id]')?.dataset.id ?? null);
+  }, true);
+  window.listChanges = { removed: 0, updated: 0 };
+  new MutationObserver((records) => {
+    for (const r of records) {
+      const rows = [...r.removedNodes].filter((n) => n.nodeName === 'TR' && !n.isConnected);
+      if (r.type === 'childList') window.listChanges.removed += rows.length;
+      else window.listChanges.updated += 1;
+    }
+  }).observe(document.getElementById('executions'), {
+    childList: true, subtree: true, attributes: true, attributeFilter: ['data-status', 'aria-valuenow'],
+  });
+}
+"""
+
+ROW_BOX = """
+(index) => {
+  const { x, y, width, height } = document.querySelectorAll('#executions tr')[index].getBoundingClientRect();
+  return { x, y, width, height };
+}
+"""
+
+
+async def test_every_click_on_a_row_opens_it_while_the_demo_worker_writes(database_url, browser, tmp_path):
+    """30 clicks at a person's pace (aim, press ~90 ms, release) on rows that the demo worker's
+    SQL keeps changing: each opens the execution pressed."""
+    async with empty_database(database_url, "dashboard_clicks") as url:
+        await apply_migrations(url)
+        server = ServerProcess(url, tmp_path / "server.log", "notify")
+        server.start()
+        with open(tmp_path / "worker.log", "wb") as worker_log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "service", "demo-worker", "--seed", "--speed", "3",
+                 "--concurrency", "4", "--submit-every", "1.2", "--fail-rate", "0.1"],
+                env=server.env, stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        context = await browser.new_context(viewport={"width": 1400, "height": 900})
+        page = await context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            # The demo's workflows belong to the development token's subject.
+            await sign_in(page, server.base, token_for("developer", "admin"))
+            rows = page.locator("#executions tr")
+            await expect(rows.nth(5)).to_be_attached(timeout=20_000)
+            await page.evaluate(WATCH_THE_LIST)
+            rng = random.Random(14)
+            opened, missed = 0, []
+            for attempt in range(30):
+                await page.evaluate("location.hash = '#/'")
+                await expect(page.locator("#detail")).to_be_hidden()
+                box = await page.evaluate(ROW_BOX, rng.randrange(min(8, await rows.count())))
+                # Aim at the row's workflow and status (the id's link navigates by itself).
+                await page.mouse.move(box["x"] + box["width"] * rng.uniform(0.3, 0.7),
+                                      box["y"] + box["height"] / 2, steps=rng.randint(3, 8))
+                await asyncio.sleep(rng.uniform(0.1, 0.3))
+                await page.mouse.down()
+                await asyncio.sleep(rng.uniform(0.07, 0.12))
+                await page.mouse.up()
+                pressed = (await page.evaluate("window.pressed"))[-1]
+                try:
+                    await expect(page.locator("#detail-id")).to_have_text(pressed or "", timeout=2000)
+                    await expect(page.locator("#detail")).to_be_visible(timeout=100)
+                    opened += 1
+                except AssertionError:
+                    missed.append((attempt, pressed))
+                await asyncio.sleep(rng.uniform(0.15, 0.4))
+            # Keyboard focus on a row's link stays there while the rows around it change.
+            await page.evaluate("location.hash = '#/'")
+            focused = await page.evaluate(
+                "(() => { const tr = document.querySelectorAll('#executions tr')[2];"
+                " tr.querySelector('a').focus(); return tr.dataset.id; })()")
+            await asyncio.sleep(2)
+            assert await page.evaluate("document.activeElement.closest('tr')?.dataset.id") == focused
+            changes = await page.evaluate("window.listChanges")
+            assert (opened, missed) == (30, []), f"{len(missed)} of 30 clicks opened nothing: {missed}"
+            assert changes["updated"] >= 30, f"the demo barely wrote while the test clicked: {changes}"
+            assert changes["removed"] == 0, "rows were rebuilt, not updated in place"
+            assert not errors, f"JavaScript errors on the page: {errors}"
+        finally:
+            await context.close()
+            worker.send_signal(signal.SIGINT)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+            server.close()
+
+
+async def test_a_refused_token_clears_the_list(server, page, sql):
+    api = Api(server.base, f"browser-{uuid.uuid4().hex[:8]}")
+    running = (await api.execution())["id"]
+    await api.execution()
+    await run_sql(sql, "UPDATE executions SET status='running' WHERE id=%s", running)
+    rows = page.locator("#executions tr")
+
+    # The token expires while the page is open: the feed's socket is closed with 4401.
+    await sign_in(page, server.base, token_for(api.sub, ttl=4))
+    running_row = page.locator(f'#executions tr[data-id="{running}"]')
+    await expect(running_row).to_have_attribute("data-status", "running")
+    await expect(rows).to_have_count(2)
+    await expect(page.locator("#banner")).to_contain_text("refused this token (token expired)",
+                                                          timeout=15_000)
+    await expect(rows).to_have_count(0)
+    await expect(page.locator("#executions-empty")).to_be_hidden()
+    await expect(page.locator("#executions-none-match")).to_be_hidden()
+
+    # A good token shows them again; a forged one pasted over it clears them.
+    await sign_in(page, server.base, api.token)
+    await expect(rows).to_have_count(2)
+    await page.fill("#token-input", api.token.rsplit(".", 1)[0] + ".forged")
+    await page.click("#token-form button")
+    await expect(page.locator("#banner")).to_contain_text("refused this token (invalid token)")
+    await expect(rows).to_have_count(0)
+
+
+async def test_an_empty_list_says_whether_a_filter_hides_executions(server, page):
+    api = Api(server.base, f"browser-{uuid.uuid4().hex[:8]}")
+    await sign_in(page, server.base, api.token)
+    none_yet, none_match = page.locator("#executions-empty"), page.locator("#executions-none-match")
+    await expect(none_yet).to_be_visible()
+    await expect(none_yet).to_contain_text("No executions yet")
+    await expect(none_match).to_be_hidden()
+
+    execution = await api.execution()
+    row = page.locator(f'#executions tr[data-id="{execution["id"]}"]')
+    await expect(row).to_be_visible()
+    await expect(none_yet).to_be_hidden()
+    await page.select_option("#filter-status", "cancelled")
+    await expect(row).to_have_count(0)
+    await expect(none_match).to_have_text("No executions match these filters.")
+    await expect(none_yet).to_be_hidden()
+    await page.select_option("#filter-status", "")
+    await expect(row).to_be_visible()
+    await expect(none_match).to_be_hidden()

@@ -2,12 +2,21 @@
 
 import asyncio
 import dataclasses
+import json
 import random
+import uuid
 
 import aiopg
 import pytest
 
-from service.dev.demo_worker import DemoSettings, ExecutionRun, claim, run_worker, seed_workflows
+from service.dev.demo_worker import (
+    DemoSettings,
+    ExecutionRun,
+    claim,
+    run_worker,
+    seed_workflows,
+    submit_one,
+)
 
 FAST = DemoSettings(speed=200.0, concurrency=2, fail_rate=0.0, poll_seconds=0.2)
 
@@ -29,6 +38,30 @@ async def test_seeding_creates_the_demo_workflows_once(pool, sql):
     names = await rows(sql, "SELECT name, jsonb_array_length(nodes) FROM workflows WHERE owner = 'developer' "
                             "ORDER BY name")
     assert ("research agent", 4) in names and len(names) == len(set(names))
+
+
+async def test_the_demo_seeds_and_runs_its_own_workflows_beside_a_users_of_the_same_name(pool, sql):
+    # The development token's subject may have made workflows of its own first: the README's
+    # try-it, or a one-node "research agent" of its own.
+    owner = f"developer-{uuid.uuid4().hex[:8]}"
+    users = {}
+    for name, nodes in (("my first workflow", ["plan", "answer"]), ("research agent", ["answer"])):
+        await sql.execute("INSERT INTO workflows (owner, name, nodes) VALUES (%s, %s, %s) RETURNING id::text",
+                          (owner, name, json.dumps([{"id": n, "title": n.title()} for n in nodes])))
+        users[(await sql.fetchone())[0]] = name
+    assert await seed_workflows(pool, owner) == ["research agent", "support triage", "release notes"]
+    assert await seed_workflows(pool, owner) == []
+    workflows = await rows(sql, "SELECT id::text, name, jsonb_array_length(nodes) FROM workflows "
+                                "WHERE owner = %s", owner)
+    assert sorted((name, nodes) for _, name, nodes in workflows) == [
+        ("my first workflow", 2), ("release notes", 3), ("research agent", 1), ("research agent", 4),
+        ("support triage", 4)]
+    rng = random.Random(3)
+    submitted = [await submit_one(pool, rng, owner) for _ in range(30)]
+    used = await rows(sql, "SELECT DISTINCT w.name, jsonb_array_length(w.nodes) FROM executions e "
+                           "JOIN workflows w ON w.id = e.workflow_id WHERE e.id = ANY(%s::uuid[])", submitted)
+    assert sorted(used) == [("release notes", 3), ("research agent", 4), ("support triage", 4)]
+    await sql.execute("DELETE FROM executions WHERE id = ANY(%s::uuid[])", (submitted,))
 
 
 async def test_two_claims_at_once_never_take_the_same_execution(pool, user):

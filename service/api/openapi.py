@@ -235,7 +235,8 @@ def openapi_document() -> dict:
         openapi_version=OPENAPI_VERSION,
         plugins=[MarshmallowPlugin()],
         info={"description": (
-            "Workflow executions, live. REST under /api/v1 with bearer JWTs (HS256; claims sub, role, exp). "
+            "Workflow executions, live. REST under /api/v1 with bearer JWTs (HS256, or an identity "
+            "provider's checked with its JWKS; claims sub, a role, exp). "
             "Live updates come over the WebSocket GET /api/v1/ws/executions/{id}, described in the README, "
             "since OpenAPI 3 cannot describe a WebSocket, or as Server-Sent Events (the `live` "
             "operations).")},

@@ -6,9 +6,9 @@ import uuid
 import marshmallow
 from aiohttp import web
 
-from ..auth import InvalidToken, Principal, token_from_request, verify_token
+from ..auth import InvalidToken, Principal, token_from_request
 from ..db import repository
-from ..typedefs import config_key, db_pool_key
+from ..typedefs import config_key, db_pool_key, token_verifier_key
 from .errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
 from .schemas import (
     ExecutionCreate,
@@ -35,9 +35,9 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
-def authenticate(request: web.Request) -> Principal:
+async def authenticate(request: web.Request) -> Principal:
     try:
-        return verify_token(request.app[config_key].jwt_secret, token_from_request(request))
+        return await request.app[token_verifier_key].verify(token_from_request(request))
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from None
 
@@ -93,14 +93,14 @@ def decode_cursor(text: str | None) -> repository.Cursor | None:
 # -- workflows -------------------------------------------------------------------------------
 
 async def create_workflow(request: web.Request) -> web.Response:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     data = load(WorkflowCreate(), await read_json(request))
     row = await repository.create_workflow(request.app[db_pool_key], principal.sub, data["name"], data["nodes"])
     return web.json_response(WORKFLOW_OUT.dump(row), status=201)
 
 
 async def list_workflows(request: web.Request) -> web.Response:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     query = load(ListQuery(), dict(request.query))
     rows = await repository.list_workflows(
         request.app[db_pool_key],
@@ -112,7 +112,7 @@ async def list_workflows(request: web.Request) -> web.Response:
 
 
 async def get_workflow(request: web.Request) -> web.Response:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     workflow_id = path_uuid(request, "workflow")
     row = await repository.get_workflow(request.app[db_pool_key], workflow_id)
     if row is None or not principal.may_see(row["owner"]):
@@ -123,7 +123,7 @@ async def get_workflow(request: web.Request) -> web.Response:
 # -- executions ------------------------------------------------------------------------------
 
 async def create_execution(request: web.Request) -> web.Response:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     data = load(ExecutionCreate(), await read_json(request))
     pool = request.app[db_pool_key]
     workflow_id = str(data["workflow_id"])
@@ -135,7 +135,7 @@ async def create_execution(request: web.Request) -> web.Response:
 
 
 async def get_execution(request: web.Request) -> web.Response:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     execution_id = path_uuid(request, "execution")
     row = await repository.get_execution(request.app[db_pool_key], execution_id)
     if row is None or not principal.may_see(row["owner"]):
@@ -144,7 +144,7 @@ async def get_execution(request: web.Request) -> web.Response:
 
 
 async def list_executions(request: web.Request) -> web.Response:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     query = load(ExecutionListQuery(), dict(request.query))
     rows = await repository.list_executions(
         request.app[db_pool_key],
@@ -169,7 +169,7 @@ async def visible_execution(request: web.Request, principal: Principal) -> dict:
 async def reporting_worker(request: web.Request) -> tuple[Principal, dict]:
     """A worker or admin, and the execution it reports on. A user learns no more than a missing
     execution would tell it, then 403."""
-    principal = authenticate(request)
+    principal = await authenticate(request)
     execution = await visible_execution(request, principal)
     if not principal.sees_everything:
         raise Forbidden("only workers and admins report progress")
@@ -189,7 +189,7 @@ async def patch_execution(request: web.Request) -> web.Response:
 
 async def cancel_execution(request: web.Request) -> web.Response:
     """The owner, a worker or an admin cancels a pending or running execution (409 if finished)."""
-    principal = authenticate(request)
+    principal = await authenticate(request)
     execution = await visible_execution(request, principal)
     row = await repository.cancel_execution(request.app[db_pool_key], execution["id"])
     return web.json_response(EXECUTION_OUT.dump(row))
@@ -198,7 +198,7 @@ async def cancel_execution(request: web.Request) -> web.Response:
 # -- nodes -----------------------------------------------------------------------------------
 
 async def list_nodes(request: web.Request) -> web.Response:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     execution = await visible_execution(request, principal)
     rows = await repository.list_nodes(request.app[db_pool_key], execution["id"])
     return web.json_response({"items": NODE_OUT.dump(rows, many=True)})
@@ -234,7 +234,7 @@ async def append_logs(request: web.Request) -> web.Response:
 
 
 async def list_logs(request: web.Request) -> web.Response:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     execution = await visible_execution(request, principal)
     query = load(LogQuery(), dict(request.query))
     rows = await repository.list_logs(

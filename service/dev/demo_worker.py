@@ -73,36 +73,52 @@ class Cancelled(Exception):
     """The execution was cancelled (or otherwise finished) under us: stop working on it."""
 
 
-async def seed_workflows(pool: aiopg.Pool) -> list[str]:
+# A workflow is one of the demo's by its name and its nodes together: a user's own workflow that
+# shares a name (a README example's, a one-node copy) neither stops the seeding nor gets submitted.
+DEMO_WORKFLOWS = json.dumps([{"name": name, "nodes": [{"id": i, "title": t} for i, t in nodes]}
+                             for name, nodes in SEED_WORKFLOWS])
+FIND_DEMO_WORKFLOWS = """
+SELECT w.name, w.id::text
+FROM workflows w JOIN jsonb_to_recordset(%s::jsonb) AS demo(name text, nodes jsonb)
+  ON demo.name = w.name AND demo.nodes = w.nodes
+WHERE w.owner = %s
+"""
+
+
+async def demo_workflows(cur, owner: str) -> list[tuple[str, str]]:
+    """(name, id) of the demo's workflows that `owner` has."""
+    await cur.execute(FIND_DEMO_WORKFLOWS, (DEMO_WORKFLOWS, owner))
+    return await cur.fetchall()
+
+
+async def seed_workflows(pool: aiopg.Pool, owner: str = SEED_OWNER) -> list[str]:
     """Create the demo workflows that do not exist yet (development mode's first run)."""
     created = []
     async with pool.acquire() as conn, conn.cursor() as cur:
+        present = {name for name, _ in await demo_workflows(cur, owner)}
         for name, nodes in SEED_WORKFLOWS:
-            await cur.execute("SELECT 1 FROM workflows WHERE owner = %s AND name = %s", (SEED_OWNER, name))
-            if await cur.fetchone():
+            if name in present:
                 continue
             await cur.execute(
                 "INSERT INTO workflows (owner, name, nodes) VALUES (%s, %s, %s)",
-                (SEED_OWNER, name, json.dumps([{"id": i, "title": t} for i, t in nodes])))
+                (owner, name, json.dumps([{"id": i, "title": t} for i, t in nodes])))
             created.append(name)
     if created:
         log.info("demo.seeded", workflows=created)
     return created
 
 
-async def submit_one(pool: aiopg.Pool, rng: random.Random) -> str | None:
-    """Start an execution of a random seed workflow, in SQL."""
+async def submit_one(pool: aiopg.Pool, rng: random.Random, owner: str = SEED_OWNER) -> str | None:
+    """Start an execution of a random demo workflow, in SQL."""
     questions = ["How do LISTEN and NOTIFY scale?", "Compare three vector databases",
                  "Why did checkout fail on Tuesday?", "Summarise this week's incidents"]
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute("SELECT id::text FROM workflows WHERE owner = %s AND name = ANY(%s)",
-                          (SEED_OWNER, [name for name, _ in SEED_WORKFLOWS]))
-        rows = await cur.fetchall()
+        rows = await demo_workflows(cur, owner)
         if not rows:
             return None
         await cur.execute(
             "INSERT INTO executions (workflow_id, owner, input_data) VALUES (%s, %s, %s) RETURNING id::text",
-            (rng.choice(rows)[0], SEED_OWNER, json.dumps({"question": rng.choice(questions)})))
+            (rng.choice(rows)[1], owner, json.dumps({"question": rng.choice(questions)})))
         return (await cur.fetchone())[0]
 
 

@@ -14,9 +14,9 @@ from aiohttp import web
 
 from ..api.cors import origin_refused
 from ..api.http_middlewares import bind_request_id, http_error_body
-from ..auth import InvalidToken, Principal, token_from_request, verify_token
+from ..auth import InvalidToken, Principal, token_from_request
 from ..metrics import count_request
-from ..typedefs import config_key
+from ..typedefs import config_key, token_verifier_key
 from .frame_transport import websocket_response
 
 log = structlog.get_logger(__name__)
@@ -45,7 +45,7 @@ async def accept(request: web.Request) -> tuple[web.StreamResponse, Principal | 
     try:
         # Browsers cannot set headers on a WebSocket: the token may come as ?access_token=.
         token = token_from_request(request) or query_param(request, "access_token")
-        principal = verify_token(config.jwt_secret, token)
+        principal = await request.app[token_verifier_key].verify(token)
     except InvalidToken as exc:
         await ws.close(code=CLOSE_UNAUTHORIZED, message=str(exc).encode())
         return ws, None

@@ -20,7 +20,7 @@ from ..api.cors import let_origin_read, origin_allowed, origin_refused
 from ..api.errors import ApiError, BadRequest, NotFound, Unauthorized
 from ..api.rest_handlers import load, path_uuid
 from ..api.schemas import ExecutionEventsQuery, FeedEventsQuery
-from ..auth import InvalidToken, Principal, token_from_request, verify_token
+from ..auth import InvalidToken, Principal, token_from_request
 from ..db.outages import is_database_outage
 from ..typedefs import (
     config_key,
@@ -29,6 +29,7 @@ from ..typedefs import (
     metrics_key,
     socket_counts_key,
     token_expiries_key,
+    token_verifier_key,
 )
 from . import messages
 from .event_stream import EventStream, EventStreamOutbox, retry_ms
@@ -61,11 +62,11 @@ class HttpVersionNotSupported(ApiError):
     status, code = 505, "http_version_not_supported"
 
 
-def authenticate(request: web.Request) -> Principal:
+async def authenticate(request: web.Request) -> Principal:
     """As on the socket: the Authorization header, or ?access_token= (EventSource cannot set headers)."""
     token = token_from_request(request) or request.query.get("access_token")
     try:
-        return verify_token(request.app[config_key].jwt_secret, token)
+        return await request.app[token_verifier_key].verify(token)
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from None
 
@@ -192,7 +193,7 @@ async def execution_events(request: web.Request) -> web.StreamResponse:
     refused = origin_refused(request)
     if refused is not None:
         return refused
-    principal = authenticate(request)
+    principal = await authenticate(request)
     check_stream_request(request)
     execution_id = path_uuid(request, "execution")
     since = resume_cursor(request, load(ExecutionEventsQuery(), dict(request.query))["since"])
@@ -244,7 +245,7 @@ async def feed_events(request: web.Request) -> web.StreamResponse:
     refused = origin_refused(request)
     if refused is not None:
         return refused
-    principal = authenticate(request)
+    principal = await authenticate(request)
     check_stream_request(request)
     query = load(FeedEventsQuery(), dict(request.query))
     workflow_id = None if query["workflow_id"] is None else str(query["workflow_id"])

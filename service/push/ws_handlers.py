@@ -14,10 +14,18 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..api.schemas import STATUSES
-from ..auth import InvalidToken, Principal, verify_token
+from ..auth import InvalidToken, Principal, TokenVerifier
 from ..config import Config
 from ..db.outages import is_database_outage
-from ..typedefs import config_key, heartbeat_key, hub_key, metrics_key, socket_counts_key, token_expiries_key
+from ..typedefs import (
+    config_key,
+    heartbeat_key,
+    hub_key,
+    metrics_key,
+    socket_counts_key,
+    token_expiries_key,
+    token_verifier_key,
+)
 from . import messages, socket_handshake
 from .expiry_timer import ExpiryTimer
 from .frame_transport import FrameTransport
@@ -62,13 +70,15 @@ def parse_execution_id(value) -> str:
 class SocketSession:
     """One open WebSocket: the token in force, its subscriptions, and its outbox."""
 
-    __slots__ = ("ws", "principal", "config", "hub", "single_execution", "outbox", "rate", "expiries",
-                 "_expiry")
+    __slots__ = ("ws", "principal", "verifier", "config", "hub", "single_execution", "outbox", "rate",
+                 "expiries", "_expiry")
 
     def __init__(self, ws: web.WebSocketResponse, frames: FrameTransport, principal: Principal,
-                 config: Config, hub: SubscriptionHub, expiries: ExpiryTimer, *, single_execution: bool):
+                 verifier: TokenVerifier, config: Config, hub: SubscriptionHub, expiries: ExpiryTimer, *,
+                 single_execution: bool):
         self.ws = ws
         self.principal = principal
+        self.verifier = verifier
         self.config = config
         self.hub = hub
         self.single_execution = single_execution
@@ -126,7 +136,7 @@ class SocketSession:
         if not isinstance(token, str):
             raise BadMessage("auth needs a string token")
         try:
-            principal = verify_token(self.config.jwt_secret, token)
+            principal = await self.verifier.verify(token)
         except InvalidToken as exc:
             raise BadMessage(f"auth refused: {exc}; the previous token stays in force") from None
         self.use_token(principal)
@@ -262,8 +272,8 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
     if not sockets.admit(principal.sub):
         await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
         return ws
-    session = SocketSession(ws, frames, principal, app[config_key], app[hub_key], app[token_expiries_key],
-                            single_execution=single_execution)
+    session = SocketSession(ws, frames, principal, app[token_verifier_key], app[config_key], app[hub_key],
+                            app[token_expiries_key], single_execution=single_execution)
     heartbeat.add(session.outbox)
     metrics.open_sockets.inc()
     try:

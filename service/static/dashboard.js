@@ -10,6 +10,8 @@ const app = {
   token: null,
   workflows: new Map(),     // id -> workflow
   executions: new Map(),    // id -> execution as REST gives it, updated from the feed
+  rows: new Map(),          // id -> its <tr>, kept and updated in place
+  listed: false,            // the list holds what this token may see (false before its load, and once refused)
   feed: null,
   detail: null,             // {id, watcher, status, nodes: Map, logCount, resumes}
   reloading: null,          // feed messages that arrived while the list was being (re)loaded
@@ -58,6 +60,10 @@ function banner(text, kind = 'error') {
 }
 
 function tokenRefused(reason) {
+  // What the refused token showed is no longer known to be true (rows would stay "running"
+  // forever): clear it, and stop the sockets that would only be refused again.
+  stopLive();
+  clearList();
   banner(`The server refused this token (${reason || 'invalid token'}). Paste a valid token above: `
          + '`make run` prints one, or `python -m service token --sub you --role user`.');
   $('token-who').textContent = '';
@@ -66,6 +72,7 @@ function tokenRefused(reason) {
 
 async function useToken(token) {
   stopLive();
+  clearList();
   app.token = token;
   banner('');
   $('token-input').classList.remove('invalid');
@@ -133,12 +140,15 @@ function filters() {
 }
 
 async function reloadList() {
+  const token = app.token;
   app.reloading = [];
   try {
     const query = new URLSearchParams({ limit: String(LIST_LIMIT) });
     for (const [key, value] of Object.entries(filters())) if (value) query.set(key, value);
     const page = await api('GET', `/api/v1/executions?${query}`);
+    if (token !== app.token) return;   // an answer for the token used before this one
     app.executions = new Map(page.items.map((e) => [e.id, e]));
+    app.listed = true;
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 401)) banner(`Cannot load executions: ${err.message}`);
   } finally {
@@ -168,30 +178,79 @@ function applyFeed(msg) {
   renderList();
 }
 
-function renderList() {
-  const rows = [...app.executions.values()]
-    .sort((a, b) => (b.created_at || '').localeCompare(a.created_at || ''))
-    .slice(0, LIST_LIMIT);
-  $('executions').replaceChildren(...rows.map(listRow));
-  $('executions-empty').hidden = rows.length > 0;
+function clearList() {
+  app.listed = false;
+  app.executions.clear();
+  renderList();
 }
 
-function listRow(e) {
-  const tr = document.createElement('tr');
-  tr.dataset.id = e.id;
-  tr.dataset.status = e.status;
-  if (app.detail?.id === e.id) tr.classList.add('selected');
-  const link = document.createElement('a');
-  link.href = `#/executions/${e.id}`;
-  link.textContent = e.id.slice(0, 8);
-  link.className = 'mono';
-  tr.append(cell(link), cell(workflowName(e.workflow_id)), cell(badge(e.status)),
-            cell(progressBar(e.progress, e.status)), cell(duration(e), 'duration'));
-  tr.addEventListener('click', (event) => {
-    if (event.target.tagName !== 'A') location.hash = `#/executions/${e.id}`;
+// Each execution keeps its row: the feed updates its cells in place and new rows are inserted
+// around it. A row rebuilt under the pointer between press and release swallows the click (the
+// two land on different elements), and takes focus with it.
+function renderList() {
+  const shown = !app.listed ? [] : [...app.executions.values()]
+    .sort((a, b) => (b.created_at || '').localeCompare(a.created_at || ''))
+    .slice(0, LIST_LIMIT);
+  const body = $('executions');
+  const keep = new Set(shown.map((e) => e.id));
+  for (const [id, tr] of app.rows) {
+    if (!keep.has(id)) {
+      tr.remove();
+      app.rows.delete(id);
+    }
+  }
+  shown.forEach((e, index) => {
+    let tr = app.rows.get(e.id);
+    if (!tr) app.rows.set(e.id, tr = listRow(e.id));
+    updateRow(tr, e);
+    // Moved only when out of place: a new row on top leaves the others where they are.
+    if (body.children[index] !== tr) body.insertBefore(tr, body.children[index] || null);
   });
+  const filtered = Object.values(filters()).some(Boolean);
+  $('executions-empty').hidden = !app.listed || shown.length > 0 || filtered;
+  $('executions-none-match').hidden = !app.listed || shown.length > 0 || !filtered;
+}
+
+function listRow(id) {
+  const tr = document.createElement('tr');
+  tr.dataset.id = id;
+  const link = document.createElement('a');
+  link.href = `#/executions/${id}`;
+  link.textContent = id.slice(0, 8);
+  link.className = 'mono';
+  tr.append(cell(link), cell('', 'workflow'), cell(badge('')), cell(progressBar(0, '')),
+            cell('', 'duration'));
   return tr;
 }
+
+function updateRow(tr, e) {
+  tr.dataset.status = e.status;
+  tr.classList.toggle('selected', app.detail?.id === e.id);
+  setText(tr.querySelector('.workflow'), workflowName(e.workflow_id));
+  const status = tr.querySelector('.badge');
+  status.dataset.status = e.status;
+  setText(status, e.status);
+  const bar = tr.querySelector('.bar');
+  bar.dataset.status = e.status;
+  setProgress(bar, e.progress);
+  setText(tr.querySelector('.duration'), duration(e));
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+// Rows can move under a press (a new execution goes on top): the release then lands on another
+// row, and the click on the table body. The row pressed is the one opened.
+let pressedRow = null;
+$('executions').addEventListener('pointerdown', (event) => {
+  pressedRow = event.target.closest('tr[data-id]')?.dataset.id ?? null;
+});
+$('executions').addEventListener('click', (event) => {
+  if (event.target.closest('a')) return;   // the id's link opens it by itself
+  const id = event.target.closest('tr[data-id]')?.dataset.id ?? pressedRow;
+  if (id) location.hash = `#/executions/${id}`;
+});
 
 function cell(content, className) {
   const td = document.createElement('td');
@@ -242,7 +301,7 @@ function duration(e) {
 setInterval(() => {
   for (const tr of $('executions').children) {
     const e = app.executions.get(tr.dataset.id);
-    if (e && e.status === 'running') tr.querySelector('.duration').textContent = duration(e);
+    if (e && e.status === 'running') setText(tr.querySelector('.duration'), duration(e));
   }
   if (app.detail?.status) $('detail-duration').textContent = duration(app.detail.status);
   for (const li of $('nodes').children) {
