@@ -267,10 +267,13 @@ def service_module_file(service_tree: Path) -> str:
 class Server:
     """One design's server process in its production configuration."""
 
-    def __init__(self, design: str, db: Database, service_tree: Path = REPO_DIR, push_url: str | None = None):
-        """`push_url`: the standby the service_standby design decodes and reads on."""
+    def __init__(self, design: str, db: Database, log_path: Path, service_tree: Path = REPO_DIR,
+                 push_url: str | None = None):
+        """`log_path` gets the server's output (warnings and errors); `push_url`: the standby the
+        service_standby design decodes and reads on."""
         self.design = design
         self.port = free_port()
+        self.log_path = log_path
         if design in SERVICE_SOURCES:
             cwd, env = service_process(service_tree)
             # Every load-generator socket but S6's uses one token (standing in for thousands of
@@ -287,7 +290,8 @@ class Server:
             cwd, env = REPO_DIR, {**os.environ, "PYTHONUNBUFFERED": "1"}
             cmd = [sys.executable, "-m", f"bench.baseline_{design}", "--port", str(self.port),
                    "--dsn", db.urls[design], "--secret", SECRET]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
+        with open(log_path, "ab") as output:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
         self.profiler = None
         self._wait_ready()
         self.ps = psutil.Process(self.proc.pid)
@@ -322,7 +326,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.design} server exited with {self.proc.returncode}")
+                raise RuntimeError(f"{self.design} server exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=1) as response:
                     if response.status == 200:
@@ -332,18 +336,37 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"{self.design} server not ready within {timeout} s")
 
+    def log_tail(self) -> str:
+        return self.log_path.read_bytes()[-1500:].decode(errors="replace")
+
     def rss(self) -> int:
         return sum(p.memory_info().rss for p in [self.ps, *self.ps.children(recursive=True)])
 
     def stop(self) -> None:
+        """Stops the process; RuntimeError with the end of its log when it had exited already
+        (what it measured is not the design's)."""
         self.stop_profile()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the {self.design} server exited with {self.proc.returncode} before it "
+                               f"was stopped; its log ends: {self.log_tail()}")
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def stop_all(servers: list[Server]) -> None:
+    """Stops every one, then raises the first complaint (a server that had exited by itself)."""
+    failures = []
+    for server in servers:
+        try:
+            server.stop()
+        except RuntimeError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 class CpuMeter:
@@ -505,7 +528,8 @@ class Bench:
         for child in [*self.clients, *self.writers]:
             child.stop()
         if self.server is not None:
-            self.server.stop()
+            with contextlib.suppress(RuntimeError):
+                self.server.stop()
         self.remove_standby()
         self.wait_sampler.close()
         self.db.close()
@@ -532,8 +556,12 @@ class Bench:
     # helpers ----------------------------------------------------------------------------------
 
     def start_server(self, design: str, scenario: str) -> Server:
-        self.server = Server(design, self.db, self.service_tree, push_url=self.push_url(design))
+        self.server = self.new_server(design, scenario)
         return self.server
+
+    def new_server(self, design: str, scenario: str) -> Server:
+        log_path = Path(self.path(f"{design}-{scenario}-server")).with_suffix(".log")
+        return Server(design, self.db, log_path, self.service_tree, push_url=self.push_url(design))
 
     def push_url(self, design: str) -> str | None:
         return self.standby.url(f"bench_{design}") if design == "service_standby" else None
@@ -555,8 +583,8 @@ class Bench:
         try:
             broadcast(self.clients, "close", 60)
         finally:  # the process goes even when a client fails to close: S3 measures with no server
-            self.server.stop()
-            self.server = None
+            server, self.server = self.server, None
+            server.stop()
 
     def start_writers(self, design: str) -> None:
         for writer in self.writers:
@@ -1044,7 +1072,7 @@ class Bench:
             servers = []
             try:
                 for _ in range(n):
-                    servers.append(Server(design, self.db, self.service_tree))
+                    servers.append(self.new_server(design, "S7"))
                 decoding = len(self.db.walsender_pids(WAL_LISTENER_NAME))
                 if decoding != n:
                     raise RuntimeError(f"{decoding} walsenders decode for {n} service processes")
@@ -1054,8 +1082,7 @@ class Bench:
                 self.db.wait_decoded(WAL_LISTENER_NAME, 10)
                 paced = self.s7_phase(servers, shares, paced_rate, f"s7p{n}")
             finally:
-                for server in servers:
-                    server.stop()
+                stop_all(servers)
             log(f"  {n} decoding: flat out {flat_out['committed_per_s']:.0f}/s, walsenders "
                 f"{flat_out['walsender_cpu_percent']} % of a core; paced {paced['committed_per_s']:.0f}/s, "
                 f"{paced['walsender_cpu_percent']} %")
@@ -1075,6 +1102,10 @@ class Bench:
         committed_per_s = len(commits) / max(r["seconds"] for r in replies)
         cpu = watched["cpu_percent"]
         n = len(servers)
+        decoding = len(self.db.walsender_pids(WAL_LISTENER_NAME))
+        if decoding != n:  # the phase did not measure what it says
+            logs = " | ".join(server.log_tail()[-300:] for server in servers)
+            raise RuntimeError(f"{decoding} walsenders decode for {n} service processes after {tag}: {logs}")
 
         def per_1000_commits(percent: float) -> float:
             # % of a core over the phase, per commit/s: CPU milliseconds per 1,000 commits.
@@ -1124,7 +1155,7 @@ class Bench:
             log(f"  {scenario} {design} failed: {exc}")
             figures = {"error": str(exc)}
             if self.server is not None:
-                with contextlib.suppress(ChildError):
+                with contextlib.suppress(ChildError, RuntimeError):
                     self.stop_server()
         figures["scenario_seconds"] = round(time.monotonic() - started, 1)
         log("  ", json.dumps({k: v for k, v in figures.items() if not isinstance(v, (dict, list))}))
