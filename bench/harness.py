@@ -1088,6 +1088,7 @@ class Bench:
                 f"{paced['walsender_cpu_percent']} %")
             steps.append({"instances": n, "paced": paced, "flat_out": flat_out})
         return {"instances": list(z.s7_instances), "paced_rate_per_s": paced_rate, "seconds": z.s7_seconds,
+                "writers": w,
                 **{f"{phase}_{key}": [step[phase][key] for step in steps]
                    for phase in ("paced", "flat_out")
                    for key in ("committed_per_s", "walsender_cpu_percent", "walsender_cpu_percent_per_instance",
@@ -1400,10 +1401,11 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="smaller scenarios, about two minutes")
+    mode.add_argument("--quick", action="store_true", help="smaller scenarios, about five minutes")
     mode.add_argument("--smoke", action="store_true", help="the tiniest run, for the test suite")
-    parser.add_argument("--designs", default=",".join(DESIGNS))
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--designs", default=",".join(DESIGNS), help="comma-separated, of %(default)s")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated, of %(default)s (service_standby runs S1 only, S7 is service_wal's)")
     parser.add_argument("--out", default=str(BENCH_DIR / "results"), help="directory for the results")
     parser.add_argument("--name", help="file stem of the results (default: latest, quick or smoke)")
     parser.add_argument("--profile", action="store_true",

@@ -178,8 +178,8 @@ def s7_table(report: dict) -> list[str]:
     if "steps" not in ours:
         return [f"S7: {_cell(ours, 'steps')}", ""]
     lines = [f"S7, decoding cost on the primary: service_wal processes decoding at once (each its own "
-             f"temporary slot and walsender), no sockets, 4 writers on executions nobody watches, "
-             f"{_cell(ours, 'seconds')} s a phase: paced at {_cell(ours, 'paced_rate_per_s')} commits/s "
+             f"temporary slot and walsender), no sockets, {_cell(ours, 'writers')} writers on executions "
+             f"nobody watches, {_cell(ours, 'seconds')} s a phase: paced at {_cell(ours, 'paced_rate_per_s')} commits/s "
              "(half the flat-out rate with one instance), then flat out.", "",
              "| instances | " + " | ".join(label for label, _, _ in S7_COLUMNS) + " |",
              "| ---: | " + " | ".join("---:" for _ in S7_COLUMNS) + " |"]
