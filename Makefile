@@ -40,8 +40,9 @@ psql: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) var *.egg-info build dist
 
-# make bench: the service against the polling design and a broadcaster baseline, in one run
-# (about 14 minutes; writes bench/results/latest.{json,md,png}). make bench-quick: about 2 minutes.
+# make bench: the service with each change source (notify, wal, wal on a standby) against the
+# polling design and a broadcaster baseline, in one run (about 20 minutes; writes
+# bench/results/latest.{json,md,png}). make bench-quick: about 5 minutes.
 .PHONY: bench bench-quick
 $(VENV)/.installed-bench: $(VENV)/.installed bench/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt

@@ -57,6 +57,51 @@ def test_bench_smoke_run_loses_nothing_and_writes_the_issue_shape(tmp_path):
     assert "S6, the list views" in (tmp_path / "smoke.md").read_text()
 
 
+@pytest.mark.timeout(90)
+def test_bench_smoke_runs_the_wal_source_beside_notify_and_reports_issue_13s_targets(tmp_path):
+    designs = "service,service_wal,service_standby"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--designs", designs, "--scenarios", "S1,S3,S7", "--no-plot",
+         "--out", str(tmp_path), "--name", "wal"],
+        cwd=REPO, capture_output=True, text=True, timeout=80,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "wal.json").read_text())
+    markdown = (tmp_path / "wal.md").read_text()
+
+    for design in designs.split(","):
+        s1 = report["S1"]["designs"][design]
+        assert "error" not in s1, s1
+        assert s1["lost"] == 0 and s1["reordered"] == 0 and s1["delivered"] > 0, (design, s1)
+    assert {"wal_p50_ms", "wal_p99_ms", "standby_p50_ms", "standby_p99_ms"} <= set(report["S1"])
+    # The standby design runs S1 only; S7 is the wal source's alone.
+    assert "not_applicable" in report["S3"]["designs"]["service_standby"]
+    assert "not_applicable" in report["S7"]["designs"]["service"]
+
+    for design in ("service", "service_wal"):
+        s3 = report["S3"]["designs"][design]
+        assert s3["lost"] == 0 and s3["reordered"] == 0, (design, s3)
+        # Each pair has its ceiling with the announcement removed, on the same database.
+        assert len(s3["pair_ceiling_over_unannounced"]) == 1 and s3["ceiling_over_unannounced"] > 0, s3
+        assert len(s3["ceiling_unannounced_no_server_before_after"]) == 2, s3
+    wal_s3 = report["S3"]["designs"]["service_wal"]
+    assert wal_s3["cpu_at_ceiling"]["walsender"] > 0  # the walsender decoding for the server, a group of its own
+    assert "walsender" in wal_s3["waiting_for_core_at_top"]
+    assert "ceiling_median_per_s" in report["S3"]["wal_vs_notify"]
+
+    s7 = report["S7"]["designs"]["service_wal"]
+    assert [step["instances"] for step in s7["steps"]] == [1, 2]
+    for step in s7["steps"]:
+        for phase in ("paced", "flat_out"):
+            assert step[phase]["committed_per_s"] > 0 and step[phase]["walsender_cpu_percent"] > 0, step
+
+    targets = {row["target"]: row for row in report["wal_targets"]}
+    assert any(name.startswith("S1 through a standby") for name in targets)
+    assert any(name.startswith("S3 wal ceiling / notify ceiling") for name in targets)
+    assert all(row["measured"] is not None for row in targets.values()), targets
+    assert "Issue 13's targets for the wal source" in markdown and "S7, decoding cost" in markdown
+
+
 def test_feed_analysis_counts_another_users_change_a_loss_and_a_reordering():
     from bench.stats import analyze_feed
 
