@@ -76,10 +76,10 @@ async def print_messages(ws: aiohttp.ClientWebSocketResponse,
     """Print every message until the socket closes; the cursor to resume from, the close code and reason.
 
     A snapshot is a view (nodes untouched since creation carry an older seq than the status), so
-    the cursor moves only once it is complete: the server answers a ping sent on open after the
-    snapshot, and until that pong a reconnect resumes from where this connection started.
+    the cursor moves only once the server says the snapshot or catch-up is complete (`synced`,
+    which carries the seq it brings the client to): a reconnect before it resumes from where this
+    connection started.
     """
-    await ws.send_json({"type": "ping"})
     synced = False
     highest = cursor
     while True:
@@ -88,10 +88,9 @@ async def print_messages(ws: aiohttp.ClientWebSocketResponse,
             reason = msg.extra if msg.type == WSMsgType.CLOSE and isinstance(msg.extra, str) else ""
             return (highest if synced else cursor), ws.close_code or 1006, reason
         message = json.loads(msg.data)
-        if message.get("type") == "pong" and not synced:
-            synced = True  # the answer to our ping, not the execution's
-            continue
         print(msg.data, flush=True)
+        if message.get("type") == "synced":
+            synced = True
         seq = message.get("seq")
         if isinstance(seq, int) and (highest is None or seq > highest):
             highest = seq

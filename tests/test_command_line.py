@@ -54,9 +54,13 @@ async def run_command(database_url: str, *args: str, **env: str) -> tuple[int, s
 
 
 async def next_message(watch: asyncio.subprocess.Process) -> dict:
-    line = await asyncio.wait_for(watch.stdout.readline(), 10)
-    assert line, "watch ended early"
-    return json.loads(line)
+    """The next message watch printed, skipping the end-of-snapshot marker (as old clients do)."""
+    while True:
+        line = await asyncio.wait_for(watch.stdout.readline(), 10)
+        assert line, "watch ended early"
+        message = json.loads(line)
+        if message["type"] != "synced":
+            return message
 
 
 # -- watch -----------------------------------------------------------------------------------
