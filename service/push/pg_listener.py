@@ -9,17 +9,12 @@ import structlog
 
 from ..db import pg_async
 from ..db.state_machine import NOTIFY_CHANNEL
+from .backlog import Backlog
 
 log = structlog.get_logger(__name__)
 
 CHANNEL = NOTIFY_CHANNEL  # a constant: LISTEN is never built from outside text
 APPLICATION_NAME = "aiagent-live listener"  # how operators (and tests) find it in pg_stat_activity
-# Weight of the latest batch in the moving share of batches after which the next was already
-# waiting (about the last ten batches count), and the share above which the listener gathers:
-# sustained, not a burst (a writer catching up after a stall sends a few back to back, and a
-# lower mark gathered now and then at a steady 500 changes/s, adding 5 ms to those changes).
-BACKLOG_WEIGHT = 0.1
-GATHER_ABOVE = 0.8
 
 
 def parse_payload(payload: str) -> tuple[str, int] | None:
@@ -40,7 +35,7 @@ class PgListener:
 
     Each batch is one read for the consumer, and a read costs about the same for one change as for
     fifty. While changes come slower than batches are handled, each goes out at once. When they
-    keep coming faster (nearly every batch ends with the next already waiting), the listener gathers
+    keep coming faster (the listener has been behind for a while, push/backlog.py), it gathers
     them for `coalesce_seconds` before handing over the next: far fewer reads for the database
     (whose CPU the committing writers need), a few milliseconds more on the way.
     """
@@ -106,7 +101,7 @@ class PgListener:
     async def _pump(self, conn) -> None:
         """The socket is read only when the pump asks (pg_async), so the notifications that arrive
         while a batch is handled, or while it gathers, are read in one go."""
-        backlog = 0.0  # the moving share of batches after which the next was already waiting
+        backlog = Backlog()
         while True:
             if not conn.notifies:
                 try:
@@ -114,10 +109,9 @@ class PgListener:
                         await pg_async.ready_to(conn.fileno(), write=False)
                 except TimeoutError:  # quiet for a while: make sure the connection still answers
                     await pg_async.execute(conn, "SELECT 1", timeout=self._ping_seconds)
-                    backlog = 0.0  # nothing came for a while: no backlog to gather
                     continue
                 conn.poll()  # reads what arrived; raises when the connection is gone
-            elif self._coalesce_seconds and backlog > GATHER_ABOVE:
+            elif self._coalesce_seconds and backlog.sustained:
                 self.gathered_batches += 1
                 await asyncio.sleep(self._coalesce_seconds)
                 conn.poll()
@@ -136,4 +130,4 @@ class PgListener:
             except Exception:  # a failed read must not kill the listener; the reconcile retries
                 log.exception("listener.batch_failed", executions=len(announced))
             conn.poll()  # what came in while the batch was handled
-            backlog += BACKLOG_WEIGHT * (float(bool(conn.notifies)) - backlog)
+            backlog.batch_handled(next_waiting=bool(conn.notifies))

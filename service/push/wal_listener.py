@@ -14,7 +14,8 @@ import structlog
 
 from ..db import pg_async
 from . import pgoutput
-from .pg_listener import BACKLOG_WEIGHT, CHANNEL, GATHER_ABOVE, parse_payload
+from .backlog import Backlog
+from .pg_listener import CHANNEL, parse_payload
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +45,7 @@ class WalListener:
     connection quiet for `ping_seconds` is asked for a reply, and replaced when none comes.
 
     Batches are gathered as pg_listener gathers them: at once while the consumer keeps up, for
-    `coalesce_seconds` while nearly every batch ends with the next already waiting.
+    `coalesce_seconds` once it has been behind for a while (push/backlog.py).
     """
 
     def __init__(
@@ -168,7 +169,7 @@ class WalListener:
 
     async def _pump(self, cursor) -> None:
         """Reads what has arrived, hands over what is committed, confirms it; waits for more."""
-        backlog = 0.0  # the moving share of batches after which the next was already waiting
+        backlog = Backlog()
         fd = cursor.fileno()
         last_heard = time.monotonic()
         while True:
@@ -176,13 +177,13 @@ class WalListener:
             if arrived:
                 last_heard = time.monotonic()
             if self._committed:
-                if self._coalesce_seconds and backlog > GATHER_ABOVE:
+                if self._coalesce_seconds and backlog.sustained:
                     self.gathered_batches += 1
                     await asyncio.sleep(self._coalesce_seconds)
                     self._read_arrived(cursor)
                 await self._hand_over(cursor)
-                waiting = self._read_arrived(cursor) > 0  # what came in while the batch was handled
-                backlog += BACKLOG_WEIGHT * (float(waiting) - backlog)
+                self._read_arrived(cursor)  # what came in while the batch was handled
+                backlog.batch_handled(next_waiting=bool(self._committed))
             elif arrived == MAX_MESSAGES_PER_READ:
                 await asyncio.sleep(0)  # a long transaction is still coming in
             elif not arrived:
