@@ -9,7 +9,7 @@ import uuid
 import aiopg
 import pytest
 
-from .wal_decoding import emit, listening, prepare_for_decoding
+from .wal_decoding import Recorder, emit, listening, prepare_for_decoding
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +191,42 @@ async def test_feedback_advances_the_slots_confirmed_flush_position(decoding_url
             while not await confirmed_past_commit():
                 await asyncio.sleep(0.1)
         assert listener.lag_bytes == 0 and 0 <= listener.lag_seconds < 5
+
+
+class SlowRecorder(Recorder):
+    """A consumer whose every read takes longer than the commits take to come."""
+
+    async def on_batch(self, batch: dict[str, int]) -> None:
+        await super().on_batch(batch)
+        await asyncio.sleep(0.005)
+
+
+async def commit_each_from_the_database(sql, execution_id: str, count: int, pause: float) -> None:
+    await sql.execute(f"""
+        DO $$ BEGIN
+            FOR seq IN 1..{count} LOOP
+                PERFORM pg_logical_emit_message(true, 'aiagent_live', %s || ':' || seq);
+                COMMIT;
+                PERFORM pg_sleep({pause});
+            END LOOP;
+        END $$""", (execution_id,))
+
+
+async def test_a_consumer_slower_than_the_commits_gets_them_gathered_and_none_lost(decoding_url, sql):
+    execution_id = new_ids(1)[0]
+    async with listening(decoding_url, SlowRecorder(), coalesce_seconds=0.02) as (listener, recorder):
+        await commit_each_from_the_database(sql, execution_id, 1000, 0.0005)
+        await recorder.until_announced(execution_id, 1000)
+        assert listener.gathered_batches > 0
+    announced = [batch[execution_id] for batch in recorder.batches]
+    assert announced == sorted(set(announced)) and announced[-1] == 1000
+    assert len(announced) < 500  # many commits to a read
+
+
+async def test_commits_slower_than_the_reads_are_each_handed_over_at_once(decoding_url, sql):
+    execution_id = new_ids(1)[0]
+    async with listening(decoding_url, coalesce_seconds=0.02) as (listener, recorder):
+        await commit_each_from_the_database(sql, execution_id, 30, 0.02)
+        await recorder.until_announced(execution_id, 30)
+        assert listener.gathered_batches == 0
+    assert [batch[execution_id] for batch in recorder.batches] == list(range(1, 31))
