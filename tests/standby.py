@@ -60,6 +60,10 @@ class StreamingStandby:
     def stop(self) -> None:
         self._pg_ctl("-w", "-m", "fast", "stop")
 
+    def promote(self) -> None:
+        """Out of recovery, on a timeline of its own: a primary from now on (pg_ctl waits for it)."""
+        self._pg_ctl("-w", "promote")
+
     def replayed_past(self, lsn: str) -> bool:
         with contextlib.closing(psycopg2.connect(self.url)) as conn, conn.cursor() as cursor:
             cursor.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))

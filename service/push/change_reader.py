@@ -148,9 +148,18 @@ class PreparedReader:
         return await self._execute("EXECUTE feed_statuses(%s::uuid[], %s::text[])", (execution_ids, owners))
 
     async def replayed(self, position: str) -> bool:
-        """Whether this server (a hot standby) has replayed the WAL up to `position`."""
-        [(done,)] = await self._execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (position,))
+        """Whether this server (a hot standby) has replayed the WAL up to `position`; always, once
+        it has been promoted: it replays nothing more (pg_last_wal_replay_lsn() stays where its
+        recovery ended while the position asked about, its own once writers moved to it, goes on),
+        so it has all it will ever have of what the primary wrote."""
+        [(done,)] = await self._execute(
+            "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %s::pg_lsn", (position,))
         return bool(done)
+
+    async def in_recovery(self) -> bool:
+        """Whether this server is still a standby (not promoted)."""
+        [(recovering,)] = await self._execute("SELECT pg_is_in_recovery()", ())
+        return bool(recovering)
 
     async def execution_seqs(self, execution_ids: list[str]) -> dict[str, int]:
         return dict(await self._execute("EXECUTE seqs(%s::uuid[])", (execution_ids,)))

@@ -8,6 +8,7 @@ import time
 import typing
 
 import aiopg
+import psycopg2
 import structlog
 
 from ..auth import Principal
@@ -84,6 +85,10 @@ class SubscriptionHub:
         self._pool = pool
         # Reads on a hot standby (push_database_url), writes on the primary behind `pool`.
         self._standby = standby
+        # Whether the standby was in recovery at the last reconcile (None: not asked yet), so that
+        # its promotion is said once in the log: nothing else in the process notices it, as
+        # decoding carries on across it.
+        self._standby_recovering: bool | None = None
         # Live changes and new subscribers read on connections of their own, so a reconnect storm
         # never holds up a change on its way out.
         self._reader = PreparedReader(dsn, application_name=LIVE_READER)
@@ -275,6 +280,8 @@ class SubscriptionHub:
 
     async def reconcile(self) -> int:
         """Re-read every watched execution that moved; returns how many had moved without being announced."""
+        if self._standby:
+            await self._note_recovery()
         watched = list(self._watchers)
         if not watched:
             return 0
@@ -289,6 +296,23 @@ class SubscriptionHub:
         if self.metrics is not None:
             self.metrics.reconcile_corrections.inc(unannounced)
         return unannounced
+
+    async def _note_recovery(self) -> None:
+        """Says when push_database_url stops being a standby: promoted, it serves every read and
+        its decoding carries on (sockets keep their state), but it no longer follows the server of
+        database_url; what is written there from now on never reaches it. Asked at every
+        reconcile, watched or not, as an operator needs to hear of it either way."""
+        try:
+            recovering = await self._reader.in_recovery()
+        except (psycopg2.Error, OSError, TimeoutError):
+            return  # the server is down: the listener says so; asked again at the next reconcile
+        if not recovering and self._standby_recovering is not False:
+            log.warning("hub.push_database_promoted",
+                        hint="push_database_url is no longer a standby: writers and database_url "
+                             "belong on it now (changes made on the old primary do not reach it)")
+        elif recovering and self._standby_recovering is False:
+            log.info("hub.push_database_in_recovery")
+        self._standby_recovering = recovering
 
     async def _read_and_publish(self, after: dict[str, int]) -> None:
         rows = await self._reader.events_after(after)
