@@ -283,6 +283,14 @@ async def test_changes_committed_together_leave_in_seq_order_on_every_socket(cli
 
 async def test_push_metrics_count_messages_latency_and_corrections(client, user, sql):
     execution = await user.create_execution()
+    # The creation's own announcement must be handled before counting starts: if it came after
+    # the socket below subscribed, its events would be offered (and counted) beside the snapshot.
+    # Announcements are handled in commit order, so a later commit's message arriving proves it.
+    later = await user.create_execution()
+    async with user.ws(later["id"]) as ws:
+        await drain_snapshot(ws)
+        await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (later["id"],))
+        assert (await next_json(ws))["status"] == "running"
     before = await scrape(client)
     async with user.ws(execution["id"]) as ws:
         await drain_snapshot(ws)
