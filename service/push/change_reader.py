@@ -148,10 +148,9 @@ class PreparedReader:
         return await self._execute("EXECUTE feed_statuses(%s::uuid[], %s::text[])", (execution_ids, owners))
 
     async def replayed(self, position: str) -> bool:
-        """Whether this server (a hot standby) has replayed the WAL up to `position`; always, once
-        it has been promoted: it replays nothing more (pg_last_wal_replay_lsn() stays where its
-        recovery ended while the position asked about, its own once writers moved to it, goes on),
-        so it has all it will ever have of what the primary wrote."""
+        """Whether this server (a hot standby) has replayed the WAL up to `position`. Once promoted
+        it always has: it has all it will ever get from the old primary, and its replay position
+        stays where recovery ended while its own WAL position moves on."""
         [(done,)] = await self._execute(
             "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %s::pg_lsn", (position,))
         return bool(done)
