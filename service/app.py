@@ -148,10 +148,12 @@ async def heartbeat_ctx(app: web.Application):
 
 async def reconcile_forever(hub: SubscriptionHub, interval: float) -> None:
     """Catches what a silently dead listener missed; cheap: one query over watched executions.
-    (The hub counts what each reconcile corrects, this one's and the listener's after a reconnect.)"""
+    (The hub counts what each reconcile corrects, this one's and the listener's after a reconnect.)
+    With a standby as the push database, also says when it was promoted (one small query)."""
     while True:
         await asyncio.sleep(interval)
         try:
+            await hub.note_standby_recovery()
             await hub.reconcile()
         except Exception:  # the database may be down; try again next period
             log.warning("reconcile.failed", exc_info=True)

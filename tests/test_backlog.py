@@ -30,6 +30,15 @@ def test_a_burst_after_a_stall_is_not_gathered():
         assert not backlog.sustained
 
 
+def test_a_burst_of_quick_batches_is_not_gathered():
+    # A writer catching up after a stall: 20 commits back to back, each handled in 0.2 ms.
+    clock = Clock()
+    backlog = Backlog(clock)
+    steady(backlog, clock, 0.1, 0.002, lambda i: False)
+    steady(backlog, clock, 0.004, 0.0002, lambda i: True)
+    assert not backlog.sustained
+
+
 def test_being_behind_for_a_while_is_gathered_even_with_a_gap_now_and_then():
     clock = Clock()
     backlog = Backlog(clock)

@@ -144,8 +144,8 @@ async def until(condition, timeout: float = 10) -> None:
             await asyncio.sleep(0.05)
 
 
-def logged(path, event: str) -> bool:
-    return any(e["event"] == event for e in log_events(path))
+def logged(path, event: str, **fields) -> bool:
+    return any(e["event"] == event and fields.items() <= e.items() for e in log_events(path))
 
 
 async def create_execution_through_failover(user: Actor, workflow_id: str) -> dict:
@@ -164,7 +164,7 @@ async def test_a_promoted_standby_keeps_every_socket_going_and_rest_follows_a_fa
         cluster, tmp_path):
     primary, standby = cluster
     env = dict(CHANGE_SOURCE="wal", PUSH_DATABASE_URL=standby.url, RECONCILE_INTERVAL_SECONDS="2",
-               LISTENER_PING_SECONDS="1", LISTENER_BACKOFF_MAX_SECONDS="0.5")
+               LISTENER_PING_SECONDS="5", LISTENER_BACKOFF_MAX_SECONDS="0.5")
     log_paths = {name: tmp_path / f"{name}.log" for name in ("following", "pinned")}
     processes = []
     with open(log_paths["following"], "wb") as log_file:
@@ -178,6 +178,9 @@ async def test_a_promoted_standby_keeps_every_socket_going_and_rest_follows_a_fa
     def phase(name: str) -> None:
         for r in readiness:
             r.phase = name
+
+    async def answered_in_this_phase() -> bool:
+        return all(r.during(r.phase) for r in readiness)
 
     try:
         async with aiohttp.ClientSession(base_url=bases[0]) as following, \
@@ -201,6 +204,9 @@ async def test_a_promoted_standby_keeps_every_socket_going_and_rest_follows_a_fa
             await until(lambda: asyncio.to_thread(standby.replayed_past, written))
             decoded_before = value(await scrape(following), "aiagent_wal_messages_decoded_total")
 
+            # Each process has seen its push database as a standby (its first periodic check).
+            for path in log_paths.values():
+                await until(lambda: asyncio.to_thread(logged, path, "hub.push_database", standby=True))
             phase("promoting")
             await asyncio.to_thread(standby.promote)
             phase("promoted")
@@ -269,7 +275,7 @@ async def test_a_promoted_standby_keeps_every_socket_going_and_rest_follows_a_fa
             for path in log_paths.values():
                 await until(lambda: asyncio.to_thread(logged, path, "hub.push_database_promoted"))
             phase("end")
-            await asyncio.sleep(0.3)
+            await until(answered_in_this_phase)
     finally:
         for poller in pollers:
             poller.cancel()

@@ -17,6 +17,8 @@ import math
 import time
 from collections.abc import Callable
 
+# Long enough that a stall of 10-20 ms and the batches that clear it stay well under the mark,
+# short enough that a listener behind at S3's rates starts gathering within about 80 ms.
 MEMORY_SECONDS = 0.05
 GATHER_ABOVE = 0.8
 

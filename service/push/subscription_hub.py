@@ -33,6 +33,8 @@ CATCH_UP_BATCH = 100  # distinct first reads in one statement at most: bounds wh
 VISIBILITY_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5)
 # How long a new subscriber's read waits for a standby to replay what the primary already has.
 STANDBY_WAIT = 5.0
+# How long the periodic check of whether the push database is still a standby may take.
+RECOVERY_CHECK_TIMEOUT = 5.0
 LIVE_READER = "aiagent-live hub"
 CATCH_UP_READER = "aiagent-live catch-up"
 
@@ -280,8 +282,6 @@ class SubscriptionHub:
 
     async def reconcile(self) -> int:
         """Re-read every watched execution that moved; returns how many had moved without being announced."""
-        if self._standby:
-            await self._note_recovery()
         watched = list(self._watchers)
         if not watched:
             return 0
@@ -297,20 +297,26 @@ class SubscriptionHub:
             self.metrics.reconcile_corrections.inc(unannounced)
         return unannounced
 
-    async def _note_recovery(self) -> None:
-        """Says when push_database_url stops being a standby: promoted, it serves every read and
-        its decoding carries on (sockets keep their state), but it no longer follows the server of
-        database_url; what is written there from now on never reaches it. Asked at every
-        reconcile, watched or not, as an operator needs to hear of it either way."""
+    async def note_standby_recovery(self) -> None:
+        """With push_database_url, says what it is (at the first check) and when it stops being a
+        standby: promoted, it serves every read and its decoding carries on (sockets keep their
+        state), but it no longer follows the server of database_url, so what is written there from
+        now on never reaches it. Only a change seen is a promotion: a push database that was never
+        a standby (a primary on PostgreSQL 14 or 15, or one left in place after a failover) is not."""
+        if not self._standby:
+            return
         try:
-            recovering = await self._reader.in_recovery()
+            async with asyncio.timeout(RECOVERY_CHECK_TIMEOUT):
+                recovering = await self._reader.in_recovery()
         except (psycopg2.Error, OSError, TimeoutError):
-            return  # the server is down: the listener says so; asked again at the next reconcile
-        if not recovering and self._standby_recovering is not False:
+            return  # the server is down or slow: the listener says so; asked again next period
+        if self._standby_recovering is None:
+            log.info("hub.push_database", standby=recovering)
+        elif self._standby_recovering and not recovering:
             log.warning("hub.push_database_promoted",
                         hint="push_database_url is no longer a standby: writers and database_url "
                              "belong on it now (changes made on the old primary do not reach it)")
-        elif recovering and self._standby_recovering is False:
+        elif recovering and not self._standby_recovering:
             log.info("hub.push_database_in_recovery")
         self._standby_recovering = recovering
 
