@@ -7,7 +7,6 @@ backoff and jitter, and gather batches while changes come faster than they are r
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 import aiopg
 import psycopg2
@@ -17,6 +16,7 @@ from ..config import Config
 from ..db import repository
 from . import pg_listener, wal_listener
 from .decoding_preflight import DecodingUnavailable, check_decoding
+from .kept_connection import KeptConnection
 from .pg_listener import PgListener
 from .wal_listener import WalListener
 
@@ -27,16 +27,8 @@ LISTENER_NAMES = {"notify": pg_listener.APPLICATION_NAME, "wal": wal_listener.AP
 INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
 
 
-class ChangeListener(Protocol):
-    reconnects: int
-    gathered_batches: int
-
-    @property
-    def connected(self) -> bool: ...
-
-    async def wait_connected(self, timeout: float) -> bool: ...
-
-    async def run(self) -> None: ...
+# Either listener: a connection kept (connected, wait_connected, run) with its counters.
+ChangeListener = KeptConnection
 
 
 def listener_for(config: Config, pool: aiopg.Pool, on_batch: Callable[[dict[str, int]], Awaitable[None]],

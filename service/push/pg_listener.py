@@ -1,15 +1,13 @@
 """The process's one LISTEN connection: notifications in, batches of changed executions out."""
 
 import asyncio
-import random
-from collections.abc import Awaitable, Callable
 
-import psycopg2
 import structlog
 
 from ..db import pg_async
 from ..db.state_machine import NOTIFY_CHANNEL
 from .backlog import Backlog
+from .kept_connection import KeptConnection
 
 log = structlog.get_logger(__name__)
 
@@ -26,12 +24,10 @@ def parse_payload(payload: str) -> tuple[str, int] | None:
         return None
 
 
-class PgListener:
-    """Keeps a dedicated LISTEN connection alive and hands each drained batch to `on_batch`.
-
-    Reconnects with exponential backoff and jitter; after every (re)connect it calls `on_connect`
-    so consumers re-read what changed while nobody was listening. An idle connection is pinged,
-    so one that died without an error is noticed and replaced.
+class PgListener(KeptConnection):
+    """Keeps a dedicated LISTEN connection (kept_connection: reconnects with backoff and jitter,
+    `on_connect` after each) and hands each drained batch to `on_batch`. An idle connection is
+    pinged, so one that died without an error is noticed and replaced.
 
     Each batch is one read for the consumer, and a read costs about the same for one change as for
     fifty. While changes come slower than batches are handled, each goes out at once. When they
@@ -40,63 +36,22 @@ class PgListener:
     (whose CPU the committing writers need), a few milliseconds more on the way.
     """
 
-    def __init__(
-        self,
-        dsn: str,
-        on_batch: Callable[[dict[str, int]], Awaitable[None]],
-        on_connect: Callable[[], Awaitable[object]],
-        *,
-        ping_seconds: float,
-        backoff_min: float,
-        backoff_max: float,
-        coalesce_seconds: float = 0.0,
-    ):
-        self._dsn = dsn
-        self._on_batch = on_batch
-        self._on_connect = on_connect
-        self._ping_seconds = ping_seconds
-        self._backoff_min = backoff_min
-        self._backoff_max = backoff_max
-        self._coalesce_seconds = coalesce_seconds
-        self._connected = asyncio.Event()
-        self.reconnects = 0
+    log_prefix = "listener"
+    log = log
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.notifications = 0
-        self.gathered_batches = 0
 
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    async def wait_connected(self, timeout: float) -> bool:
+    async def _open(self):
+        conn = await pg_async.connect(self._dsn, timeout=self._ping_seconds,
+                                      application_name=APPLICATION_NAME)
         try:
-            async with asyncio.timeout(timeout):
-                await self._connected.wait()
-            return True
-        except TimeoutError:
-            return False
-
-    async def run(self) -> None:
-        delay = self._backoff_min
-        while True:
-            conn = None
-            try:
-                conn = await pg_async.connect(self._dsn, timeout=self._ping_seconds,
-                                              application_name=APPLICATION_NAME)
-                await pg_async.execute(conn, f"LISTEN {CHANNEL}", timeout=self._ping_seconds)
-                self._connected.set()
-                log.info("listener.connected", reconnects=self.reconnects)
-                delay = self._backoff_min
-                await self._on_connect()
-                await self._pump(conn)
-            except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
-                log.warning("listener.disconnected", error=type(exc).__name__, detail=str(exc)[:200])
-            finally:
-                self._connected.clear()
-                if conn is not None:
-                    conn.close()
-            self.reconnects += 1
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, self._backoff_max)
+            await pg_async.execute(conn, f"LISTEN {CHANNEL}", timeout=self._ping_seconds)
+        except BaseException:
+            conn.close()
+            raise
+        return conn, conn
 
     async def _pump(self, conn) -> None:
         """The socket is read only when the pump asks (pg_async), so the notifications that arrive
@@ -125,9 +80,6 @@ class PgListener:
                 if parsed is not None:
                     execution_id, seq = parsed
                     announced[execution_id] = max(seq, announced.get(execution_id, 0))
-            try:
-                await self._on_batch(announced)
-            except Exception:  # a failed read must not kill the listener; the reconcile retries
-                log.exception("listener.batch_failed", executions=len(announced))
+            await self._hand_over_batch(announced)
             conn.poll()  # what came in while the batch was handled
             backlog.batch_handled(next_waiting=bool(conn.notifies))

@@ -3,7 +3,6 @@ changed executions out, with the same contract toward the hub as pg_listener."""
 
 import asyncio
 import os
-import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ import structlog
 from ..db import pg_async
 from . import pgoutput
 from .backlog import Backlog
+from .kept_connection import KeptConnection
 from .pg_listener import CHANNEL, parse_payload
 
 log = structlog.get_logger(__name__)
@@ -35,7 +35,7 @@ NUDGE_SECONDS = 0.5
 MAX_MESSAGES_PER_READ = 5000
 
 
-class WalListener:
+class WalListener(KeptConnection):
     """Decodes the triggers' transactional messages from a temporary slot of its own and hands
     each drained batch of committed announcements to `on_batch`, in commit order.
 
@@ -48,29 +48,14 @@ class WalListener:
     `coalesce_seconds` once it has been behind for a while (push/backlog.py).
     """
 
-    def __init__(
-        self,
-        dsn: str,
-        on_batch: Callable[[dict[str, int]], Awaitable[None]],
-        on_connect: Callable[[], Awaitable[object]],
-        *,
-        ping_seconds: float,
-        backoff_min: float,
-        backoff_max: float,
-        coalesce_seconds: float = 0.0,
-        feedback_seconds: float = 1.0,
-        while_waiting: Callable[[], Awaitable[object]] | None = None,
-    ):
-        self._dsn = dsn
-        self._on_batch = on_batch
-        self._on_connect = on_connect
-        self._ping_seconds = ping_seconds
-        self._backoff_min = backoff_min
-        self._backoff_max = backoff_max
-        self._coalesce_seconds = coalesce_seconds
+    log_prefix = "wal_listener"
+    log = log
+
+    def __init__(self, *args, feedback_seconds: float = 1.0,
+                 while_waiting: Callable[[], Awaitable[object]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
         self._feedback_seconds = max(feedback_seconds, 1.0)  # psycopg2's floor for status_interval
         self._while_waiting = while_waiting
-        self._connected = asyncio.Event()
         self.slot_name = ""
         # Announcements of the transaction being read, and those committed but not handed over.
         self._in_transaction: dict[str, int] = {}
@@ -78,56 +63,33 @@ class WalListener:
         self._committed_end_lsn = 0
         self._newest_commit_time = 0.0
         # Read at scrape time: what the metrics export.
-        self.reconnects = 0
         self.messages_decoded = 0
-        self.gathered_batches = 0
         self.decoded_lsn = 0  # every announcement before this WAL position has been handed over
         self.server_lsn = 0  # the furthest WAL position the server has sent or reported
         self.lag_seconds = 0.0  # from the newest handed-over commit to its handing over
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
 
     @property
     def lag_bytes(self) -> int:
         """WAL the server has decoded and sent that is not handed over yet."""
         return max(0, self.server_lsn - self.decoded_lsn)
 
-    async def wait_connected(self, timeout: float) -> bool:
+    async def _open(self):
+        conn = await pg_async.connect(
+            self._dsn, timeout=self._ping_seconds, application_name=APPLICATION_NAME,
+            connection_factory=psycopg2.extras.LogicalReplicationConnection)
         try:
-            async with asyncio.timeout(timeout):
-                await self._connected.wait()
-            return True
-        except TimeoutError:
-            return False
+            await self._create_slot(conn)
+            return conn, await self._start_replication(conn)
+        except BaseException:
+            conn.close()
+            raise
 
-    async def run(self) -> None:
-        delay = self._backoff_min
-        while True:
-            conn = None
-            try:
-                conn = await pg_async.connect(
-                    self._dsn, timeout=self._ping_seconds, application_name=APPLICATION_NAME,
-                    connection_factory=psycopg2.extras.LogicalReplicationConnection)
-                await self._create_slot(conn)
-                cursor = await self._start_replication(conn)
-                self._connected.set()
-                log.info("wal_listener.connected", slot=self.slot_name, reconnects=self.reconnects)
-                delay = self._backoff_min
-                await self._on_connect()
-                await self._pump(cursor)
-            except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
-                log.warning("wal_listener.disconnected", error=type(exc).__name__, detail=str(exc)[:200])
-            finally:
-                self._connected.clear()
-                self._in_transaction.clear()
-                self._committed.clear()
-                if conn is not None:
-                    conn.close()
-            self.reconnects += 1
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, self._backoff_max)
+    def _described(self) -> dict:
+        return {"slot": self.slot_name}
+
+    def _forget_partial(self) -> None:
+        self._in_transaction.clear()
+        self._committed.clear()
 
     async def _create_slot(self, conn) -> None:
         """A temporary slot, ready once the server has found a consistent point to decode from.
@@ -236,10 +198,7 @@ class WalListener:
 
     async def _hand_over(self, cursor) -> None:
         batch, self._committed = self._committed, {}
-        try:
-            await self._on_batch(batch)
-        except Exception:  # a failed read must not kill the listener; the reconcile retries
-            log.exception("wal_listener.batch_failed", executions=len(batch))
+        await self._hand_over_batch(batch)
         self.lag_seconds = max(0.0, time.time() - self._newest_commit_time)
         self.decoded_lsn = max(self.decoded_lsn, self._committed_end_lsn)
         # Sent with the next status update (every feedback_seconds); the slot then lets the server
