@@ -33,11 +33,11 @@ import psycopg2
 
 from service.auth import issue_token
 from service.db.migrations import apply_migrations
+from service.dev.streaming_standby import StandbyCommandFailed, StreamingStandby
 from service.push.wal_listener import APPLICATION_NAME as WAL_LISTENER_NAME
 
 from . import stats
 from .protocol import Child, ChildError, broadcast, recv_all, send_all
-from .standby import Standby, StandbyFailed
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -520,7 +520,7 @@ class Bench:
         self.writers: list[Child] = []
         self.writer_backends: list[int] = []  # their PostgreSQL backends' pids
         self.server: Server | None = None
-        self.standby: Standby | None = None   # while service_standby runs
+        self.standby: StreamingStandby | None = None   # while service_standby runs
         self.curves: dict = {}   # latency samples kept for the plot
         self._files = 0
 
@@ -539,14 +539,16 @@ class Bench:
         would otherwise replay (and hold back the primary's vacuum for) every other design's load."""
         log("building a streaming standby (pg_basebackup -R)")
         started = time.monotonic()
-        self.standby = Standby(self.db.admin_url, self.workdir / "standby", free_port())
+        self.standby = StreamingStandby(self.db.admin_url, self.workdir / "standby", free_port(),
+                                        slot_name="bench_standby")
         self.standby.build()
         self.standby.start()
+        self.standby.catch_up()
         log(f"  standby streaming after {time.monotonic() - started:.1f} s")
 
     def remove_standby(self) -> None:
         if self.standby is not None:
-            self.standby.remove()
+            self.standby.cleanup()
             self.standby = None
 
     def path(self, stem: str) -> str:
@@ -564,7 +566,7 @@ class Bench:
         return Server(design, self.db, log_path, self.service_tree, push_url=self.push_url(design))
 
     def push_url(self, design: str) -> str | None:
-        return self.standby.url(f"bench_{design}") if design == "service_standby" else None
+        return self.standby.url_of(f"bench_{design}") if design == "service_standby" else None
 
     @contextlib.contextmanager
     def profiling(self, design: str, scenario: str):
@@ -1131,7 +1133,7 @@ class Bench:
             try:
                 if design == "service_standby":
                     self.build_standby()
-            except (StandbyFailed, psycopg2.Error, subprocess.SubprocessError, OSError) as exc:
+            except (StandbyCommandFailed, psycopg2.Error, subprocess.SubprocessError, OSError) as exc:
                 log(f"  the standby failed: {exc}")
                 self.remove_standby()
                 for scenario in scenarios:

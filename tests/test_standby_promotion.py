@@ -11,7 +11,6 @@ notices it; pg_last_wal_replay_lsn() stays where recovery ended.
 
 import asyncio
 import contextlib
-import shutil
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,13 +20,14 @@ import pytest
 from aiohttp import WSMsgType
 
 from service.db.migrations import apply_migrations
+from service.dev.streaming_standby import StreamingStandby
 from service.push.subscription_hub import STANDBY_WAIT
 
 from .actors import Actor
 from .databases import RestartablePostgres, cursor
 from .helpers import Follower, log_events, next_json, scrape, terminate_listener, value
 from .servers import start_server, stop_server
-from .standby import StandbyCommandFailed, StreamingStandby
+from .standby import streaming_standby
 
 EXECUTIONS = 3
 
@@ -40,15 +40,8 @@ def cluster(tmp_path_factory):
     with contextlib.closing(psycopg2.connect(primary.url)) as conn, conn.cursor() as cur:
         conn.autocommit = True
         cur.execute("SELECT include_change_source('wal')")  # before the copy, as a deployment has it
-    standby = StreamingStandby(primary.url, tmp_path_factory.mktemp("promoted-standby"))
-    standby.build()
-    standby.start()
-    yield primary, standby
-    with contextlib.suppress(StandbyCommandFailed):
-        standby.stop()
-    shutil.rmtree(standby.pgdata, ignore_errors=True)
-    if standby.socket_dir != standby.pgdata:
-        shutil.rmtree(standby.socket_dir, ignore_errors=True)
+    with streaming_standby(primary.url, tmp_path_factory.mktemp("promoted-standby")) as standby:
+        yield primary, standby
     primary.cleanup()
 
 

@@ -10,7 +10,7 @@ import pytest
 from .actors import Actor
 from .databases import cursor
 from .helpers import Follower, next_status, readiness
-from .standby import StreamingStandby
+from .standby import streaming_standby
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +19,8 @@ def standby(database_url, tmp_path_factory):
     with contextlib.closing(psycopg2.connect(database_url)) as conn, conn.cursor() as cur:
         conn.autocommit = True
         cur.execute("SELECT include_change_source('wal')")
-    standby = StreamingStandby(database_url, tmp_path_factory.mktemp("standby"))
-    standby.build()
-    standby.start()
-    yield standby
-    standby.cleanup()
+    with streaming_standby(database_url, tmp_path_factory.mktemp("standby")) as standby:
+        yield standby
 
 
 @pytest.fixture

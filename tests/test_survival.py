@@ -18,7 +18,7 @@ from service.db.migrations import apply_migrations
 from .actors import Actor, auth, token_for
 from .databases import RestartablePostgres
 from .helpers import log_events
-from .servers import start_server
+from .servers import start_server, stop_server
 
 pytestmark = pytest.mark.both_change_sources
 
@@ -95,13 +95,7 @@ async def test_two_processes_on_one_database_each_socket_receives_every_change(
               f"the final state in {elapsed:.2f}s")
     finally:
         for process, _ in servers:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 15)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await stop_server(process)
 
 
 # -- PostgreSQL restarted --------------------------------------------------------------------

@@ -9,18 +9,15 @@ import pytest
 
 from service.push.decoding_preflight import DecodingUnavailable, check_decoding
 
-from .standby import StreamingStandby
+from .standby import streaming_standby
 from .wal_decoding import Recorder, emit, listening, prepare_for_decoding
 
 
 @pytest.fixture(scope="module")
 def standby(database_url, tmp_path_factory):
     prepare_for_decoding(database_url)  # before the copy: the standby gets the publication too
-    standby = StreamingStandby(database_url, tmp_path_factory.mktemp("standby"))
-    standby.build()
-    standby.start()
-    yield standby
-    standby.cleanup()
+    with streaming_standby(database_url, tmp_path_factory.mktemp("standby")) as standby:
+        yield standby
 
 
 @pytest.fixture
