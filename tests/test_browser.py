@@ -27,6 +27,7 @@ from service.dev.embedded_db import development_secret
 
 from .actors import JWT_SECRET, token_for
 from .databases import empty_database
+from .helpers import log_events
 from .servers import free_port, wait_ready
 
 pytestmark = pytest.mark.both_change_sources
@@ -418,8 +419,8 @@ async def until(predicate, timeout: float = TIMEOUT_MS / 1000) -> None:
 
 
 def refusals_logged(log_path: Path, origin: str) -> int:
-    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
-    return len([line for line in lines if line.get("event") == "origin.refused" and line["origin"] == origin])
+    return len([e for e in log_events(log_path)
+                if e.get("event") == "origin.refused" and e["origin"] == origin])
 
 
 async def test_readme_plain_js_example_works_from_another_loopback_origin_in_development(

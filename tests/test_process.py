@@ -19,6 +19,7 @@ import websockets
 from aiohttp import WSMsgType
 
 from .actors import JWT_SECRET, auth, token_for
+from .helpers import log_events
 from .servers import start_server
 
 
@@ -171,8 +172,7 @@ class SilentSocketClient:
 
 
 def shutdown_events(log_path) -> list[dict]:
-    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
-    return [e for e in events if e["event"].startswith(("shutdown.", "server."))]
+    return [e for e in log_events(log_path) if e["event"].startswith(("shutdown.", "server."))]
 
 
 async def sigterm_and_time_the_exit(process) -> float:
