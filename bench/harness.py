@@ -36,7 +36,7 @@ from service.db.migrations import apply_migrations
 from service.dev.streaming_standby import StandbyCommandFailed, StreamingStandby
 from service.push.wal_listener import APPLICATION_NAME as WAL_LISTENER_NAME
 
-from . import stats
+from . import machine_stalls, stats
 from .protocol import Child, ChildError, broadcast, recv_all, send_all
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -54,6 +54,8 @@ SECRET = "bench-secret-that-is-long-enough-for-hs256"
 WRITER_TAG = "UPDATE executions SET message"
 # S6's targets (issue 13): p99 commit -> arrival on feed sockets, by how many feed sockets are open.
 S6_TARGET_P99_MS = {1000: 10, 5000: 50}
+# The machine at rest before and after the run (machine_stalls.py): the floor under every tail.
+STALL_PROBE_SECONDS = {"full": 5.0, "quick": 2.0, "smoke": 0.5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1449,10 +1451,12 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(sizes, designs, scenarios, workdir, profile_dir, service_tree)
     try:
         machine = machine_info(bench.db, mode_name, service_tree)
+        machine["stalls_before"] = machine_stalls.measure(STALL_PROBE_SECONDS[mode_name])
         results = bench.run()
     finally:
         bench.close()
         shutil.rmtree(workdir, ignore_errors=True)
+    machine["stalls_after"] = machine_stalls.measure(STALL_PROBE_SECONDS[mode_name])
     machine["duration_s"] = round(time.monotonic() - started, 1)
     machine["sizes"] = dataclasses.asdict(sizes)
     report = {"machine": machine, **headline(results)}

@@ -104,7 +104,8 @@ def markdown(report: dict) -> str:
         f"# aiagent-live bench ({m['mode']} run, {m['date']})", "",
         f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, {m['postgres']}, "
         f"service at {m['git_commit']}{' (uncommitted changes)' if m['service_tree_dirty'] else ''}"
-        f"{_other_tree(m)}; run took {m['duration_s']} s. Clients and writers run on the same machine.", "",
+        f"{_other_tree(m)}; run took {m['duration_s']} s. Clients and writers run on the same machine.",
+        *_stalls(m), "",
     ]
     ran = {d for scenario in report.values() if isinstance(scenario, dict)
            for d in scenario.get("designs", {})}
@@ -187,6 +188,20 @@ def s7_table(report: dict) -> list[str]:
         lines.append(f"| {step['instances']} | "
                      + " | ".join(_cell(step[phase], key) for _, phase, key in S7_COLUMNS) + " |")
     return lines + [""]
+
+
+def _stalls(machine: dict) -> list[str]:
+    """The machine at rest (bench/machine_stalls.py), before and after the run."""
+    probes = [(when, machine[f"stalls_{when}"]) for when in ("before", "after")
+              if f"stalls_{when}" in machine]
+    if not probes:
+        return []
+    said = "; ".join(f"{when} the run, {p['gaps_per_core_per_s']} a second per core "
+                     f"({p['over_5ms_per_core_per_s']} over 5 ms, longest {p['longest_ms']} ms)"
+                     for when, p in probes)
+    return ["", f"At rest, a process spinning on each core lost it for over {probes[0][1]['gap_ms']:g} ms: "
+                f"{said}. Every process of the run sees such stalls too: they are the floor under the tails "
+                "below."]
 
 
 def _other_tree(machine: dict) -> str:
