@@ -2,6 +2,7 @@
 within one deadline (config.shutdown_timeout_seconds) whatever is stuck."""
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 
@@ -36,6 +37,11 @@ async def serve_until_signalled(app: web.Application, config: Config, on_ready: 
         app[shutdown_key].start()
         await shut_down(app, runner, site)
         raise cannot_listen(config, exc) from None
+
+    # What startup built (modules, schemas, the app) lives as long as the process. Frozen, it is
+    # left out of every full collection, which then walks only what sockets and requests hold:
+    # collections pause the event loop, and a reconnect storm sets off several of them.
+    gc.freeze()
 
     # Ready means push is live, not merely that the port accepts: until the listener connects,
     # /readyz answers 503 and systemd hears nothing but a STATUS.
