@@ -1,6 +1,7 @@
 """Prometheus metrics: one registry per app (several apps in one process never clash), /metrics."""
 
 import asyncio
+import collections
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -10,6 +11,8 @@ from prometheus_client.exposition import choose_encoder
 from .push.wal_listener import WalListener
 from .typedefs import hub_key, listener_key, metrics_key
 
+# The messages about executions (replies, pings and pongs are written too, not counted).
+MESSAGE_TYPES = ("status", "node", "log", "synced")
 # Commit-to-send latency buckets: push is meant to take milliseconds; the tail shows reconciles.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # A reconnect storm shows as large batches; a quiet service reads one subscriber at a time.
@@ -29,10 +32,11 @@ class Metrics:
         self.open_event_streams = Gauge(
             "aiagent_open_event_streams", "Server-Sent Events streams currently open.",
             registry=self.registry)
-        # The push path (subscription_hub.py, socket_outbox.py) records these five.
-        self.messages_sent = Counter(
-            "aiagent_messages_sent", "Messages written to WebSockets and event streams, by message type.",
-            ["type"], registry=self.registry)
+        # The push path (subscription_hub.py, socket_outbox.py) records these five. Every socket's
+        # outbox adds to `written` (kind -> messages) as it writes: a plain increment per message
+        # on the fan-out's path; exported as aiagent_messages_sent_total.
+        self.written: collections.Counter[str] = collections.Counter()
+        self.registry.register(WrittenCollector(self.written))
         self.commit_to_send_seconds = Histogram(
             "aiagent_commit_to_send_seconds",
             "Seconds from a change's commit in PostgreSQL to its message leaving on a socket or stream.",
@@ -53,6 +57,27 @@ class Metrics:
         """The exposition format the scraper asked for (Prometheus text 0.0.4 by default, or OpenMetrics)."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+
+class WrittenCollector:
+    """aiagent_messages_sent_total{type}, from the counts the outboxes keep."""
+
+    def __init__(self, written: collections.Counter):
+        self._written = written
+
+    def describe(self):
+        return [self._family()]
+
+    def collect(self):
+        yield self._family()
+
+    def _family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "aiagent_messages_sent", "Messages written to WebSockets and event streams, by message type.",
+            labels=["type"])
+        for kind in MESSAGE_TYPES:
+            family.add_metric([kind], self._written[kind])
+        return family
 
 
 class AppStateCollector:

@@ -4,6 +4,7 @@ while it is backed up, the close codes a client sees; then the hub's own prepare
 push metrics, through the whole app."""
 
 import asyncio
+import json
 
 import aiopg
 import pytest
@@ -16,7 +17,7 @@ from service.push.subscription_hub import CATCH_UP_READER, LIVE_READER
 from service.typedefs import hub_key
 
 from .actors import Actor
-from .helpers import drain_snapshot, multiplexed, next_json, next_status, scrape, value
+from .helpers import drain_snapshot, multiplexed, next_json, next_status, scrape, until_synced, value
 from .socket_pairs import connected, numbered
 
 pytestmark = pytest.mark.both_change_sources
@@ -168,6 +169,33 @@ async def test_a_frame_that_cannot_leave_within_the_send_timeout_closes_1013_and
     assert (msg.type, msg.data, msg.extra, ws.close_code) == (WSMsgType.CLOSE, 1013, "too slow", 1013)
 
 
+def sent(metrics: Metrics, kind: str) -> float | None:
+    return metrics.registry.get_sample_value("aiagent_messages_sent_total", {"type": kind})
+
+
+async def test_messages_are_counted_as_they_leave_not_as_they_are_offered(outbox_socket):
+    """A status replaced in the queue by a newer one, and a live event held during a snapshot
+    that the snapshot makes redundant, are never written: aiagent_messages_sent_total does not
+    count them. Everything the client receives is counted once."""
+    make, side, ws = outbox_socket
+    metrics = Metrics()
+    box = make(metrics=metrics)
+    backlog = await back_up(box, side)
+    box.offer(status(len(backlog) + 1, "replaced"))
+    box.offer(status(len(backlog) + 2, "latest"))  # latest wins while both wait in the queue
+    texts = await received(ws, len(backlog) + 1)
+    assert texts[-1] == status(len(backlog) + 2, "latest").text
+    assert (sent(metrics, "log"), sent(metrics, "status")) == (len(backlog), 1)
+
+    box.hold("e2")
+    box.offer(Event("e2", 5, "status", '{"type":"status","execution_id":"e2","seq":5}'))
+    box.offer_snapshot("e2", [Event("e2", 6, "status", '{"type":"status","execution_id":"e2","seq":6}')],
+                       synced=synced_event("e2", 6))
+    texts = await received(ws, 2)
+    assert [json.loads(t)["type"] for t in texts] == ["status", "synced"]
+    assert (sent(metrics, "status"), sent(metrics, "synced")) == (2, 1)
+
+
 async def test_live_events_wait_while_held_and_are_never_sent_twice(outbox_socket):
     make, side, ws = outbox_socket
     box = make()
@@ -281,6 +309,44 @@ async def test_changes_committed_together_leave_in_seq_order_on_every_socket(cli
         before, "aiagent_commit_to_send_seconds_count") + 3
 
 
+async def test_messages_sent_match_what_the_sockets_received_on_every_path(client, user, sql):
+    """aiagent_messages_sent_total against what a client received, by type: a snapshot and its
+    synced, live changes, the feed, a catch-up after a reconnect with `since`."""
+    execution = await user.create_execution()
+    eid = execution["id"]
+    got: list[dict] = []
+
+    async def until_pong(ws) -> None:
+        # Whatever was written before the pong has arrived once the pong has.
+        await ws.send_json({"type": "ping"})
+        while (message := await next_json(ws))["type"] != "pong":
+            got.append(message)
+
+    before = await scrape(client)
+    async with user.ws(eid) as single, multiplexed(user) as feed:
+        await feed.send_json({"type": "subscribe", "feed": "executions"})
+        assert await next_json(feed) == {"type": "subscribed", "feed": "executions"}
+        got.extend(await drain_snapshot(single))
+        resume_from = got[-1]["seq"]
+        await sql.execute("INSERT INTO execution_logs (execution_id, message) VALUES (%s, 'hello')", (eid,))
+        await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (eid,))
+        got.extend([await next_json(single), await next_json(single)])
+        while (message := await next_json(feed))["type"] != "status" or message["status"] != "running":
+            got.append(message)
+        got.append(message)
+        await until_pong(single)
+        await until_pong(feed)
+    async with user.ws(eid, since=resume_from) as again:
+        got.extend(await until_synced(again))
+        got.append({"type": "synced"})
+        await until_pong(again)
+    after = await scrape(client)
+    for kind in ("status", "node", "log", "synced"):
+        counted = value(after, "aiagent_messages_sent_total", type=kind) - value(
+            before, "aiagent_messages_sent_total", type=kind)
+        assert (kind, counted) == (kind, sum(m["type"] == kind for m in got))
+
+
 async def test_push_metrics_count_messages_latency_and_corrections(client, user, sql):
     execution = await user.create_execution()
     # The creation's own announcement must be handled before counting starts: if it came after
@@ -291,9 +357,9 @@ async def test_push_metrics_count_messages_latency_and_corrections(client, user,
         await drain_snapshot(ws)
         await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (later["id"],))
         assert (await next_json(ws))["status"] == "running"
-    before = await scrape(client)
     async with user.ws(execution["id"]) as ws:
         await drain_snapshot(ws)
+        before = await scrape(client)
         await sql.execute("INSERT INTO execution_logs (execution_id, message) VALUES (%s, 'hello')",
                           (execution["id"],))
         await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (execution["id"],))

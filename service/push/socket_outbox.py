@@ -33,7 +33,7 @@ class SocketOutbox:
     before it; the connection (frame_transport.py) does the rest of the closing handshake.
     """
 
-    __slots__ = ("_frames", "_capacity", "_send_timeout", "_close_on_terminal", "_metrics",
+    __slots__ = ("_frames", "_capacity", "_send_timeout", "_close_on_terminal", "_metrics", "_written",
                  "_queue", "_writer", "_cursors", "_held", "_close", "unanswered_ping")
 
     # The bytes of an event on this kind of connection: its WebSocket frame (event_stream.py's
@@ -47,6 +47,9 @@ class SocketOutbox:
         self._send_timeout = send_timeout
         self._close_on_terminal = close_on_terminal
         self._metrics = metrics
+        # Messages written, by kind (metrics.py exports them); counted when they leave, so an
+        # event held and then made redundant by a snapshot, or replaced in the queue, is not.
+        self._written = metrics.written if metrics is not None else collections.Counter()
         # Created on first need: most sockets never queue anything.
         self._queue: collections.deque[Event] | None = None
         self._writer: asyncio.Task | None = None
@@ -207,6 +210,7 @@ class SocketOutbox:
         """In order after whatever is queued; at once when nothing is and the peer keeps up."""
         # A closing connection "takes" it too, unsent: its reader notices and ends the socket.
         if self._writer is None and not self._queue and self._frames.write_now(self._wire(event)):
+            self._written[event.kind] += 1  # or dropped: the connection was closing already
             if event.terminal and self._close_on_terminal:
                 self.close(CLOSE_FINISHED, "finished", drain=False)
             return True
@@ -244,6 +248,7 @@ class SocketOutbox:
                     break
                 event = self._queue.popleft()
                 frames.write(self._wire(event))
+                self._written[event.kind] += 1
                 if frames.paused:
                     try:
                         async with asyncio.timeout(self._send_timeout):

@@ -97,8 +97,6 @@ class SubscriptionHub:
         self._catch_up_reader = PreparedReader(dsn, application_name=CATCH_UP_READER)
         self._catch_ups = ReadBatcher(self._read_catch_ups, max_batch=CATCH_UP_BATCH)
         self.metrics = metrics
-        if metrics is not None:
-            self._sent_counters = {kind: metrics.messages_sent.labels(kind) for kind in ("status", "node", "log")}
         self._preview_limit = preview_limit
         self._log_tail = log_tail
         self._watchers: dict[str, tuple[SocketOutbox, ...] | set[SocketOutbox]] = {}
@@ -323,7 +321,7 @@ class SubscriptionHub:
     async def _read_and_publish(self, after: dict[str, int]) -> None:
         rows = await self._reader.events_after(after)
         preview_limit = self._preview_limit
-        # Every message of the batch is built before the first is written, and counted after the
+        # Every message of the batch is built before the first is written, and timed after the
         # last, so the writes leave back to back: a client process woken by the first finds the
         # others already in, one wake-up for all its sockets rather than one each. That matters
         # where clients share the cores with PostgreSQL (the bench: bench/PROFILE.md, session 4);
@@ -337,21 +335,19 @@ class SubscriptionHub:
                   if self._watchers.get(execution_id) and seq > self._published.get(execution_id, 0)]
         sent = [(event, self._publish(event), time.time()) for event in events]
         if self.metrics is not None:
-            self._count_sent(sent)
+            self._observe_latency(sent)
 
     def _publish(self, event: Event) -> int:
         """Offer an event to every socket watching its execution; how many took it."""
         self._published[event.execution_id] = event.seq
         return sum(outbox.offer(event) for outbox in self._watchers.get(event.execution_id, ()))
 
-    def _count_sent(self, sent: list[tuple[Event, int, float]]) -> None:
-        """Per (event, sockets that took it, when it was written): a count for all its sockets and
-        one commit-to-send sample, not one per socket."""
+    def _observe_latency(self, sent: list[tuple[Event, int, float]]) -> None:
+        """Per (event, sockets that took it, when it was written): one commit-to-send sample, not
+        one per socket."""
         for event, sockets, at in sent:
-            if sockets:
-                self._sent_counters[event.kind].inc(sockets)
-                if event.committed_at is not None:
-                    self.metrics.commit_to_send_seconds.observe(max(0.0, at - _epoch(event.committed_at)))
+            if sockets and event.committed_at is not None:
+                self.metrics.commit_to_send_seconds.observe(max(0.0, at - _epoch(event.committed_at)))
 
     async def _feed(self, announced: dict[str, int]) -> dict[str, int]:
         """Status changes for the feed subscribers allowed to see them: one read, whose rows carry
