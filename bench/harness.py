@@ -1448,10 +1448,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile_dir = out / f"profile-{name}"
         profile_dir.mkdir(parents=True, exist_ok=True)
+    stalls_before = machine_stalls.measure(STALL_PROBE_SECONDS[mode_name])  # before any process of ours
     bench = Bench(sizes, designs, scenarios, workdir, profile_dir, service_tree)
     try:
         machine = machine_info(bench.db, mode_name, service_tree)
-        machine["stalls_before"] = machine_stalls.measure(STALL_PROBE_SECONDS[mode_name])
+        machine["stalls_before"] = stalls_before
         results = bench.run()
     finally:
         bench.close()

@@ -30,7 +30,7 @@ def spin(seconds: float) -> list[float]:
 
 
 def measure(seconds: float = 5.0) -> dict:
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     with multiprocessing.get_context("spawn").Pool(cores) as pool:
         per_core = pool.map(spin, [seconds] * cores)
     gaps = sorted(g for core in per_core for g in core)

@@ -11,7 +11,7 @@ from prometheus_client.exposition import choose_encoder
 from .push.wal_listener import WalListener
 from .typedefs import hub_key, listener_key, metrics_key
 
-# The messages about executions (replies, pings and pongs are written too, not counted).
+# The messages about executions, exported (replies, pings and pongs are counted too, not exported).
 MESSAGE_TYPES = ("status", "node", "log", "synced")
 # Commit-to-send latency buckets: push is meant to take milliseconds; the tail shows reconciles.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -73,7 +73,8 @@ class WrittenCollector:
 
     def _family(self) -> CounterMetricFamily:
         family = CounterMetricFamily(
-            "aiagent_messages_sent", "Messages written to WebSockets and event streams, by message type.",
+            "aiagent_messages_sent", "Messages written to WebSockets and event streams, by message type "
+            "(and the few fanned out to a connection already closing).",
             labels=["type"])
         for kind in MESSAGE_TYPES:
             family.add_metric([kind], self._written[kind])

@@ -40,7 +40,9 @@ async def serve_until_signalled(app: web.Application, config: Config, on_ready: 
 
     # What startup built (modules, schemas, the app) lives as long as the process. Frozen, it is
     # left out of every full collection, which then walks only what sockets and requests hold:
-    # collections pause the event loop, and a reconnect storm sets off several of them.
+    # collections pause the event loop, and a reconnect storm sets off several of them. Startup's
+    # garbage goes first, or it would be kept for good.
+    gc.collect()
     gc.freeze()
 
     # Ready means push is live, not merely that the port accepts: until the listener connects,

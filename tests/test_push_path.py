@@ -17,7 +17,17 @@ from service.push.subscription_hub import CATCH_UP_READER, LIVE_READER
 from service.typedefs import hub_key
 
 from .actors import Actor
-from .helpers import drain_snapshot, multiplexed, next_json, next_status, scrape, until_synced, value
+from .helpers import (
+    RawEventStream,
+    drain_snapshot,
+    events_path,
+    multiplexed,
+    next_json,
+    next_status,
+    scrape,
+    until_synced,
+    value,
+)
 from .socket_pairs import connected, numbered
 
 pytestmark = pytest.mark.both_change_sources
@@ -311,7 +321,8 @@ async def test_changes_committed_together_leave_in_seq_order_on_every_socket(cli
 
 async def test_messages_sent_match_what_the_sockets_received_on_every_path(client, user, sql):
     """aiagent_messages_sent_total against what a client received, by type: a snapshot and its
-    synced, live changes, the feed, a catch-up after a reconnect with `since`."""
+    synced, live changes, on a socket and on an event stream, the feed, a catch-up after a
+    reconnect with `since`."""
     execution = await user.create_execution()
     eid = execution["id"]
     got: list[dict] = []
@@ -328,8 +339,16 @@ async def test_messages_sent_match_what_the_sockets_received_on_every_path(clien
         assert await next_json(feed) == {"type": "subscribed", "feed": "executions"}
         got.extend(await drain_snapshot(single))
         resume_from = got[-1]["seq"]
-        await sql.execute("INSERT INTO execution_logs (execution_id, message) VALUES (%s, 'hello')", (eid,))
-        await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (eid,))
+        stream = await RawEventStream.open(client, events_path(eid), user.headers)
+        try:
+            snapshot = await stream.events_until(lambda m: m["type"] == "synced")
+            got.extend(event["data"] for event in snapshot)
+            await sql.execute("INSERT INTO execution_logs (execution_id, message) VALUES (%s, 'hello')",
+                              (eid,))
+            await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (eid,))
+            got.extend([(await stream.next_event())["data"], (await stream.next_event())["data"]])
+        finally:
+            await stream.close()
         got.extend([await next_json(single), await next_json(single)])
         while (message := await next_json(feed))["type"] != "status" or message["status"] != "running":
             got.append(message)
@@ -350,8 +369,9 @@ async def test_messages_sent_match_what_the_sockets_received_on_every_path(clien
 async def test_push_metrics_count_messages_latency_and_corrections(client, user, sql):
     execution = await user.create_execution()
     # The creation's own announcement must be handled before counting starts: if it came after
-    # the socket below subscribed, its events would be offered (and counted) beside the snapshot.
-    # Announcements are handled in commit order, so a later commit's message arriving proves it.
+    # the socket below subscribed, it would be timed (commit_to_send_seconds) though the snapshot
+    # made it redundant. Announcements are handled in commit order, so a later commit's message
+    # arriving proves it.
     later = await user.create_execution()
     async with user.ws(later["id"]) as ws:
         await drain_snapshot(ws)

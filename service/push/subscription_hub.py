@@ -321,12 +321,12 @@ class SubscriptionHub:
     async def _read_and_publish(self, after: dict[str, int]) -> None:
         rows = await self._reader.events_after(after)
         preview_limit = self._preview_limit
-        # Every message of the batch is built before the first is written, and timed after the
-        # last, so the writes leave back to back: a client process woken by the first finds the
-        # others already in, one wake-up for all its sockets rather than one each. That matters
-        # where clients share the cores with PostgreSQL (the bench: bench/PROFILE.md, session 4);
-        # the price is that a batch's first write waits for the batch to be encoded (microseconds
-        # per message).
+        # Every message of the batch is built before the first is written, and its latency is
+        # observed after the last, so the writes leave back to back: a client process woken by the
+        # first finds the others already in, one wake-up for all its sockets rather than one each.
+        # That matters where clients share the cores with PostgreSQL (the bench: bench/PROFILE.md,
+        # session 4); the price is that a batch's first write waits for the batch to be encoded
+        # (microseconds per message).
         # Not built at all when nobody watches any more or it was published already (by a
         # concurrent read: this check and the writes below run with no await between them, and
         # rows come in seq order, so each one is news when its turn comes).
