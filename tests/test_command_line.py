@@ -39,12 +39,19 @@ async def new_execution(port: int) -> str:
             return (await response.json())["id"]
 
 
+def as_from_a_terminal() -> None:
+    """In the child, before exec: SIGINT at its default, as a terminal's foreground process has
+    it. A test run started in the background (a script's `&`, nohup) ignores SIGINT, children
+    inherit that, and Ctrl-C would then be tested against a process that cannot hear it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def start_command(database_url: str, *args: str, **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", *args,
         env={**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET, "LOG_FORMAT": "json",
              **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=as_from_a_terminal)
 
 
 async def run_command(database_url: str, *args: str, **env: str) -> tuple[int, str, str]:
