@@ -9,9 +9,9 @@ from aiohttp import web
 from .api.origin_policy import OriginPolicy
 from .auth import TokenVerifier
 from .config import Config
-from .push.change_source import ChangeListener
 from .push.expiry_timer import ExpiryTimer
 from .push.heartbeat import Heartbeat
+from .push.kept_connection import KeptConnection
 from .push.socket_limits import SocketsPerSubject
 from .push.subscription_hub import SubscriptionHub
 from .shutdown import Shutdown
@@ -27,7 +27,7 @@ hub_key = web.AppKey("hub", SubscriptionHub)
 # Which browser origins may call the API and open sockets (the configured ones; in development
 # mode, loopback ones too).
 origin_policy_key = web.AppKey("origin_policy", OriginPolicy)
-listener_key = web.AppKey("listener", ChangeListener)
+listener_key = web.AppKey("listener", KeptConnection)
 # The listener's run() task: done means it crashed, and the systemd watchdog stops pinging.
 listener_task_key = web.AppKey("listener_task", asyncio.Task)
 metrics_key: web.AppKey["Metrics"] = web.AppKey("metrics")

@@ -93,8 +93,6 @@ class RestartablePostgres:
         self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
 
     def cleanup(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # already stopped
             self.stop()
-        except Exception:  # already stopped
-            pass
         self.server.cleanup()

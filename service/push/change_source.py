@@ -27,12 +27,8 @@ LISTENER_NAMES = {"notify": pg_listener.APPLICATION_NAME, "wal": wal_listener.AP
 INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
 
 
-# Either listener: a connection kept (connected, wait_connected, run) with its counters.
-ChangeListener = KeptConnection
-
-
 def listener_for(config: Config, pool: aiopg.Pool, on_batch: Callable[[dict[str, int]], Awaitable[None]],
-                 on_connect: Callable[[], Awaitable[object]]) -> ChangeListener:
+                 on_connect: Callable[[], Awaitable[object]]) -> KeptConnection:
     """The listener of `config.change_source`; `pool` is the primary's (a standby's new slot asks it
     for the record that lets decoding start)."""
     settings = dict(

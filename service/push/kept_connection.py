@@ -3,7 +3,7 @@
 Open it, say so (`connected`, which /readyz and systemd's READY wait for), call `on_connect` so the
 hub re-reads what changed while nobody was listening, then pump batches of {execution id: seq} to
 `on_batch` until the connection fails; then open it again after a backoff with jitter. A listener
-(pg_listener, wal_listener) says how to open its connection and how to pump it.
+(pg_listener, wal_listener) says how to open and start its connection, and how to pump it.
 """
 
 import asyncio
@@ -59,7 +59,8 @@ class KeptConnection:
         while True:
             conn = None
             try:
-                conn, stream = await self._open()
+                conn = await self._connect()
+                stream = await self._start(conn)
                 self._connected.set()
                 self.log.info(f"{self.log_prefix}.connected", reconnects=self.reconnects, **self._described())
                 delay = self._backoff_min
@@ -85,8 +86,12 @@ class KeptConnection:
 
     # What each listener says --------------------------------------------------------------------
 
-    async def _open(self) -> tuple[object, object]:
-        """The connection (closed here when it fails) and what `_pump` reads from."""
+    async def _connect(self):
+        """A new connection; closed by run() once it fails, whatever failed."""
+        raise NotImplementedError
+
+    async def _start(self, conn):
+        """Ready the connection to deliver changes; what `_pump` reads from."""
         raise NotImplementedError
 
     async def _pump(self, stream) -> None:

@@ -43,15 +43,13 @@ class PgListener(KeptConnection):
         super().__init__(*args, **kwargs)
         self.notifications = 0
 
-    async def _open(self):
-        conn = await pg_async.connect(self._dsn, timeout=self._ping_seconds,
+    async def _connect(self):
+        return await pg_async.connect(self._dsn, timeout=self._ping_seconds,
                                       application_name=APPLICATION_NAME)
-        try:
-            await pg_async.execute(conn, f"LISTEN {CHANNEL}", timeout=self._ping_seconds)
-        except BaseException:
-            conn.close()
-            raise
-        return conn, conn
+
+    async def _start(self, conn):
+        await pg_async.execute(conn, f"LISTEN {CHANNEL}", timeout=self._ping_seconds)
+        return conn
 
     async def _pump(self, conn) -> None:
         """The socket is read only when the pump asks (pg_async), so the notifications that arrive

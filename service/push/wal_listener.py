@@ -73,16 +73,14 @@ class WalListener(KeptConnection):
         """WAL the server has decoded and sent that is not handed over yet."""
         return max(0, self.server_lsn - self.decoded_lsn)
 
-    async def _open(self):
-        conn = await pg_async.connect(
+    async def _connect(self):
+        return await pg_async.connect(
             self._dsn, timeout=self._ping_seconds, application_name=APPLICATION_NAME,
             connection_factory=psycopg2.extras.LogicalReplicationConnection)
-        try:
-            await self._create_slot(conn)
-            return conn, await self._start_replication(conn)
-        except BaseException:
-            conn.close()
-            raise
+
+    async def _start(self, conn):
+        await self._create_slot(conn)
+        return await self._start_replication(conn)
 
     def _described(self) -> dict:
         return {"slot": self.slot_name}
