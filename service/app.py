@@ -19,6 +19,7 @@ from .metrics import http_metrics, setup_metrics
 from .push.change_source import listener_for
 from .push.expiry_timer import ExpiryTimer
 from .push.heartbeat import Heartbeat
+from .push.kept_connection import KeptConnection
 from .push.socket_limits import SocketsPerSubject
 from .push.subscription_hub import SubscriptionHub
 from .routes import SOCKET_ROUTES, setup_routes
@@ -136,7 +137,8 @@ async def listener_ctx(app: web.Application):
 
 
 async def reconcile_ctx(app: web.Application):
-    async with background(reconcile_forever(app[hub_key], app[config_key].reconcile_interval_seconds),
+    async with background(reconcile_forever(app[hub_key], app[listener_key],
+                                            app[config_key].reconcile_interval_seconds),
                           app[shutdown_key]):
         yield
 
@@ -146,14 +148,16 @@ async def heartbeat_ctx(app: web.Application):
         yield
 
 
-async def reconcile_forever(hub: SubscriptionHub, interval: float) -> None:
+async def reconcile_forever(hub: SubscriptionHub, listener: KeptConnection, interval: float) -> None:
     """Catches what a silently dead listener missed; cheap: one query over watched executions.
     (The hub counts what each reconcile corrects, this one's and the listener's after a reconnect.)
-    With a standby as the push database, also says when it was promoted (one small query)."""
+    With a standby as the push database, also says when it was promoted, and the listener audits
+    its connection (one small query each)."""
     while True:
         await asyncio.sleep(interval)
         try:
             await hub.note_standby_recovery()
+            await listener.audit()
             await hub.reconcile()
         except Exception:  # the database may be down; try again next period
             log.warning("reconcile.failed", exc_info=True)

@@ -2,13 +2,19 @@
 else; a lost walsender replaced; large transactions; feedback the server acts on."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
 
 import aiopg
+import psycopg2
 import pytest
+from structlog.testing import capture_logs
 
+from service.push.wal_listener import APPLICATION_NAME
+
+from .helpers import readiness
 from .wal_decoding import Recorder, emit, listening, prepare_for_decoding
 
 
@@ -119,6 +125,101 @@ async def test_a_terminated_walsender_is_replaced_and_on_connect_called_again(de
         assert await slot_walsender_pid(a, listener.slot_name) is not None
         await emit(a, f"{after}:1")
         await recorder.until_announced(after, 1)
+
+
+async def test_a_primary_that_would_count_the_listener_as_a_synchronous_standby_is_not_decoded_from(
+        decoding_url, writers):
+    # Were it decoded from, every commit would wait for the listener's feedback. Nothing commits
+    # while the setting is on: with no standby of that name connected, every commit would wait.
+    a, _ = writers
+    execution_id = new_ids(1)[0]
+    await set_synchronous_standby_names(decoding_url, 'FIRST 1 ("aiagent-live wal listener")')
+    try:
+        with capture_logs() as logs:
+            async with listening(decoding_url, connect_timeout=None) as (listener, recorder):
+                await recorder.until(lambda: listener.reconnects >= 2)
+                assert not listener.connected
+                await a.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s",
+                                (APPLICATION_NAME,))
+                assert (await a.fetchone())[0] == 0
+                await set_synchronous_standby_names(decoding_url, "")
+                assert await listener.wait_connected(10)
+                await emit(a, f"{execution_id}:1")
+                await recorder.until_announced(execution_id, 1)
+    finally:
+        await set_synchronous_standby_names(decoding_url, "")
+    refused = [event for event in logs if event["event"] == "wal_listener.refused"]
+    assert refused and refused[0]["log_level"] == "error"
+    assert "synchronous_standby_names = 'FIRST 1 (\"aiagent-live wal listener\")'" in refused[0]["detail"]
+
+
+async def test_a_listener_the_primary_comes_to_count_as_a_synchronous_standby_leaves_at_its_audit(
+        decoding_url, writers):
+    a, _ = writers
+    execution_id = new_ids(1)[0]
+    async with aiopg.create_pool(decoding_url, minsize=1, maxsize=1) as pool:
+        with capture_logs() as logs:
+            async with listening(decoding_url, primary_pool=pool) as (listener, recorder):
+                await listener.audit()
+                assert listener.connected  # not counted: stays
+                try:
+                    await set_synchronous_standby_names(decoding_url, "*")
+                    await recorder.until(lambda: walsender_is_synchronous(decoding_url), timeout=10)
+                    await listener.audit()
+                    await recorder.until(lambda: listener.reconnects >= 2 and not listener.connected)
+                    await a.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s",
+                                    (APPLICATION_NAME,))
+                    assert (await a.fetchone())[0] == 0
+                finally:
+                    await set_synchronous_standby_names(decoding_url, "")
+                assert await listener.wait_connected(10)
+                await emit(a, f"{execution_id}:1")
+                await recorder.until_announced(execution_id, 1)
+    refused = [event["detail"] for event in logs if event["event"] == "wal_listener.refused"]
+    assert "as a synchronous standby (sync_state sync)" in refused[0]
+    assert "synchronous_standby_names = '*'" in refused[1]  # and at the next connect
+
+
+async def test_a_process_whose_primary_comes_to_count_its_listener_as_synchronous_is_unready_until_fixed(
+        decoding_url, client_with):
+    client = await client_with(change_source="wal", reconcile_interval_seconds=0.2)
+    assert await readiness(client) == 200
+    try:
+        await set_synchronous_standby_names(decoding_url, "ANY 1 (standby1, *)")
+        await until_ready_is(client, 503)  # left at an audit, refused at every connect since
+    finally:
+        await set_synchronous_standby_names(decoding_url, "")
+    await until_ready_is(client, 200)
+
+
+async def until_ready_is(client, status: int) -> None:
+    async with asyncio.timeout(15):
+        while await readiness(client) != status:
+            await asyncio.sleep(0.05)
+
+
+def walsender_is_synchronous(url: str) -> bool:
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s "
+                       "AND sync_state <> 'async'", (APPLICATION_NAME,))
+        return cursor.fetchone()[0] == 1
+
+
+async def set_synchronous_standby_names(url: str, setting: str) -> None:
+    """Set, and seen by new sessions (a reload reaches them a moment later)."""
+    async with aiopg.connect(url) as conn, conn.cursor() as cursor:
+        if setting:
+            await cursor.execute("ALTER SYSTEM SET synchronous_standby_names = %s", (setting,))
+        else:
+            await cursor.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await cursor.execute("SELECT pg_reload_conf()")
+    async with asyncio.timeout(5):
+        while True:
+            async with aiopg.connect(url) as conn, conn.cursor() as cursor:
+                await cursor.execute("SHOW synchronous_standby_names")
+                if (await cursor.fetchone())[0] == setting:
+                    return
+            await asyncio.sleep(0.02)
 
 
 async def test_a_walsender_that_stops_answering_is_replaced(decoding_url, writers):

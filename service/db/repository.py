@@ -229,6 +229,13 @@ async def log_standby_snapshot(pool: aiopg.Pool) -> None:
     await _fetch(pool, "SELECT pg_log_standby_snapshot()")
 
 
+async def walsender_sync_state(pool: aiopg.Pool, pid: int) -> str | None:
+    """pg_stat_replication's sync_state of the walsender `pid` ('async' unless
+    synchronous_standby_names counts it); None when there is none."""
+    row = await _fetch_one(pool, "SELECT sync_state FROM pg_stat_replication WHERE pid = %s", (pid,))
+    return row["sync_state"] if row else None
+
+
 async def change_listeners(pool: aiopg.Pool, application_names: list[str]) -> dict[str, int]:
     """How many connections to this database each application name has open (service listeners)."""
     rows = await _fetch(

@@ -4,7 +4,8 @@ watching it.
     change_source      which listener (config change_source), and `announce` to switch:
       pg_listener      one LISTEN connection per process: batches of {execution id: seq}
       wal_listener     or one logical replication connection, decoding the triggers' WAL
-                       messages (pgoutput reads them; decoding_preflight checks the server first);
+                       messages (pgoutput reads them; decoding_preflight checks the server first;
+                       synchronous_standby_names keeps it from ever serving as a synchronous standby);
                        either gathers its batches once it has been behind for a while (backlog)
     subscription_hub   which sockets watch what; one read per batch (change_reader), one encoding
     messages           the wire format, built once per change

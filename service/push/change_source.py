@@ -43,6 +43,8 @@ def listener_for(config: Config, pool: aiopg.Pool, on_batch: Callable[[dict[str,
         return PgListener(config.push_dsn, **settings)
     if config.push_database_url:
         settings["while_waiting"] = StandbySnapshotRequests(pool).request
+    else:
+        settings["primary_pool"] = pool
     return WalListener(config.push_dsn, **settings)
 
 

@@ -6,7 +6,8 @@ import psycopg2
 import psycopg2.extras
 
 from ..db import pg_async
-from .wal_listener import PUBLICATION
+from . import synchronous_standby_names
+from .wal_listener import APPLICATION_NAME, PUBLICATION
 
 # What a failed replication connection says (PostgreSQL 13 to 18), and what to change.
 CONNECTION_PROBLEMS = {
@@ -42,10 +43,11 @@ async def check_decoding(dsn: str, *, timeout: float) -> None:
                    current_setting('hot_standby_feedback')::bool,
                    current_setting('max_replication_slots')::int,
                    (SELECT count(*) FROM pg_replication_slots),
-                   EXISTS (SELECT FROM pg_publication WHERE pubname = %s)""", (PUBLICATION,), timeout=timeout)
+                   EXISTS (SELECT FROM pg_publication WHERE pubname = %s),
+                   current_setting('synchronous_standby_names')""", (PUBLICATION,), timeout=timeout)
     finally:
         conn.close()
-    (wal_level, standby, version, feedback, max_slots, slots, published), = rows
+    (wal_level, standby, version, feedback, max_slots, slots, published, synchronous), = rows
     problems = []
     if version < 140000:
         problems.append("PostgreSQL 14 or later (pgoutput passes logical decoding messages from 14 on)")
@@ -60,6 +62,11 @@ async def check_decoding(dsn: str, *, timeout: float) -> None:
     if slots >= max_slots:
         problems.append(f"max_replication_slots: all {max_slots} are in use "
                         "(one per service process is needed)")
+    # A standby's walsenders are never synchronous (PostgreSQL has no cascading synchronous
+    # replication); a primary's are when the setting names them.
+    synchronous_refusal = synchronous_standby_names.refusal(synchronous, APPLICATION_NAME)
+    if synchronous_refusal and not standby:
+        problems.append(synchronous_refusal)
     if not published:
         problems.append(f"the publication {PUBLICATION} is missing (`aiagent-live migrate` creates it)")
     if problems:

@@ -14,6 +14,11 @@ import psycopg2
 import structlog
 
 
+class Refused(Exception):
+    """The server answers, but is set up so that this connection must not serve it: said in the
+    log as an error naming what to change, then tried again after the backoff, like a lost one."""
+
+
 class KeptConnection:
     # Set by each listener: the prefix of its log events, and its module's logger.
     log_prefix: str
@@ -66,6 +71,8 @@ class KeptConnection:
                 delay = self._backoff_min
                 await self._on_connect()
                 await self._pump(stream)
+            except Refused as exc:
+                self.log.error(f"{self.log_prefix}.refused", detail=str(exc))
             except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
                 self.log.warning(f"{self.log_prefix}.disconnected", error=type(exc).__name__,
                                  detail=str(exc)[:200])
@@ -83,6 +90,9 @@ class KeptConnection:
             await self._on_batch(announced)
         except Exception:  # a failed read must not kill the listener; the reconcile retries
             self.log.exception(f"{self.log_prefix}.batch_failed", executions=len(announced))
+
+    async def audit(self) -> None:
+        """Asked every reconcile period: a check of what may change while the connection is kept."""
 
     # What each listener says --------------------------------------------------------------------
 

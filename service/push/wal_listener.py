@@ -7,14 +7,15 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+import aiopg
 import psycopg2
 import psycopg2.extras
 import structlog
 
-from ..db import pg_async
-from . import pgoutput
+from ..db import pg_async, repository
+from . import pgoutput, synchronous_standby_names
 from .backlog import Backlog
-from .kept_connection import KeptConnection
+from .kept_connection import KeptConnection, Refused
 from .pg_listener import CHANNEL, parse_payload
 
 log = structlog.get_logger(__name__)
@@ -46,17 +47,25 @@ class WalListener(KeptConnection):
 
     Batches are gathered as pg_listener gathers them: at once while the consumer keeps up, for
     `coalesce_seconds` once it has been behind for a while (push/backlog.py).
+
+    It never serves as a synchronous standby (synchronous_standby_names.py): refused at every
+    connect while the primary's setting names it, and left when an audit finds it counted.
     """
 
     log_prefix = "wal_listener"
     log = log
 
     def __init__(self, *args, feedback_seconds: float = 1.0,
-                 while_waiting: Callable[[], Awaitable[object]] | None = None, **kwargs):
+                 while_waiting: Callable[[], Awaitable[object]] | None = None,
+                 primary_pool: aiopg.Pool | None = None, **kwargs):
+        """`primary_pool`: the primary's, when decoding there, to audit the walsender's sync_state."""
         super().__init__(*args, **kwargs)
         self._feedback_seconds = max(feedback_seconds, 1.0)  # psycopg2's floor for status_interval
         self._while_waiting = while_waiting
+        self._primary_pool = primary_pool
         self.slot_name = ""
+        self._walsender_pid: int | None = None
+        self._leaving = ""  # why the connection is to be left, once the audit found a reason
         # Announcements of the transaction being read, and those committed but not handed over.
         self._in_transaction: dict[str, int] = {}
         self._committed: dict[str, int] = {}
@@ -79,8 +88,11 @@ class WalListener(KeptConnection):
             connection_factory=psycopg2.extras.LogicalReplicationConnection)
 
     async def _start(self, conn):
+        await self._refuse_to_be_synchronous(conn)
         await self._create_slot(conn)
-        return await self._start_replication(conn)
+        cursor = await self._start_replication(conn)
+        self._walsender_pid, self._leaving = conn.get_backend_pid(), ""
+        return cursor
 
     def _described(self) -> dict:
         return {"slot": self.slot_name}
@@ -88,6 +100,16 @@ class WalListener(KeptConnection):
     def _forget_partial(self) -> None:
         self._in_transaction.clear()
         self._committed.clear()
+
+    async def _refuse_to_be_synchronous(self, conn) -> None:
+        """Asked at every connect, as the setting may have changed since serve's check (and a
+        promoted standby is a primary now); see also audit()."""
+        [(standby, setting)] = await pg_async.execute(
+            conn, "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')",
+            timeout=self._ping_seconds)
+        refusal = synchronous_standby_names.refusal(setting, APPLICATION_NAME)
+        if refusal and not standby:
+            raise Refused(refusal)
 
     async def _create_slot(self, conn) -> None:
         """A temporary slot, ready once the server has found a consistent point to decode from.
@@ -127,12 +149,31 @@ class WalListener(KeptConnection):
         await pg_async.until_ready(conn, self._ping_seconds)
         return cursor
 
+    async def audit(self) -> None:
+        """The setting may change while decoding: a walsender the primary has come to count as a
+        synchronous standby (sync_state other than async) is left, and the next connect refused
+        while the setting names it. Only where the primary pool reaches the walsender's server."""
+        pid = self._walsender_pid
+        if self._primary_pool is None or pid is None or not self.connected:
+            return
+        try:
+            async with asyncio.timeout(self._ping_seconds):
+                state = await repository.walsender_sync_state(self._primary_pool, pid)
+        except (psycopg2.Error, OSError, TimeoutError):
+            return  # the server is down or slow: the connection says so itself; asked again next period
+        if state not in (None, "async") and pid == self._walsender_pid:
+            self._leaving = (f"synchronous_standby_names counts the wal listener (application_name "
+                             f"'{APPLICATION_NAME}') as a synchronous standby (sync_state {state}): "
+                             "list only the standbys, by name")
+
     async def _pump(self, cursor) -> None:
         """Reads what has arrived, hands over what is committed, confirms it; waits for more."""
         backlog = Backlog()
         fd = cursor.fileno()
         last_heard = time.monotonic()
         while True:
+            if self._leaving:
+                raise Refused(self._leaving)
             arrived = self._read_arrived(cursor)
             if arrived:
                 last_heard = time.monotonic()
