@@ -151,13 +151,16 @@ async def heartbeat_ctx(app: web.Application):
 async def reconcile_forever(hub: SubscriptionHub, listener: KeptConnection, interval: float) -> None:
     """Catches what a silently dead listener missed; cheap: one query over watched executions.
     (The hub counts what each reconcile corrects, this one's and the listener's after a reconnect.)
-    With a standby as the push database, also says when it was promoted, and the listener audits
+    With a standby as the push database, also says when it was promoted; and the listener audits
     its connection (one small query each)."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await hub.note_standby_recovery()
             await listener.audit()
+        except Exception:  # must not hold up the reconcile
+            log.warning("listener.audit_failed", exc_info=True)
+        try:
+            await hub.note_standby_recovery()
             await hub.reconcile()
         except Exception:  # the database may be down; try again next period
             log.warning("reconcile.failed", exc_info=True)

@@ -133,69 +133,78 @@ async def test_a_primary_that_would_count_the_listener_as_a_synchronous_standby_
     # while the setting is on: with no standby of that name connected, every commit would wait.
     a, _ = writers
     execution_id = new_ids(1)[0]
-    await set_synchronous_standby_names(decoding_url, 'FIRST 1 ("aiagent-live wal listener")')
-    try:
-        with capture_logs() as logs:
+    with capture_logs() as logs:
+        async with primary_with(decoding_url, 'FIRST 1 ("aiagent-live wal listener")'):
             async with listening(decoding_url, connect_timeout=None) as (listener, recorder):
                 await recorder.until(lambda: listener.reconnects >= 2)
                 assert not listener.connected
-                await a.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s",
-                                (APPLICATION_NAME,))
-                assert (await a.fetchone())[0] == 0
-                await set_synchronous_standby_names(decoding_url, "")
+                assert await streaming_walsenders(a) == 0
+                await reload_with(decoding_url, "")
                 assert await listener.wait_connected(10)
                 await emit(a, f"{execution_id}:1")
                 await recorder.until_announced(execution_id, 1)
-    finally:
-        await set_synchronous_standby_names(decoding_url, "")
     refused = [event for event in logs if event["event"] == "wal_listener.refused"]
-    assert refused and refused[0]["log_level"] == "error"
+    assert refused[0]["log_level"] == "error"  # then the retries at debug
     assert "synchronous_standby_names = 'FIRST 1 (\"aiagent-live wal listener\")'" in refused[0]["detail"]
 
 
 async def test_a_listener_the_primary_comes_to_count_as_a_synchronous_standby_leaves_at_its_audit(
-        decoding_url, writers):
+        decoding_url, writers, replication_role_url):
     a, _ = writers
     execution_id = new_ids(1)[0]
-    async with aiopg.create_pool(decoding_url, minsize=1, maxsize=1) as pool:
+    # The service's role is no superuser: the audit must see what such a role may see.
+    async with aiopg.create_pool(replication_role_url, minsize=1, maxsize=1) as pool:
         with capture_logs() as logs:
-            async with listening(decoding_url, primary_pool=pool) as (listener, recorder):
+            async with listening(replication_role_url, primary_pool=pool) as (listener, recorder):
                 await listener.audit()
-                assert listener.connected  # not counted: stays
-                try:
-                    await set_synchronous_standby_names(decoding_url, "*")
+                await asyncio.sleep(1.5)  # longer than the pump's longest wait: it acted on the audit
+                assert listener.connected and listener.reconnects == 0
+                async with primary_with(decoding_url, "*"):
                     await recorder.until(lambda: walsender_is_synchronous(decoding_url), timeout=10)
                     await listener.audit()
                     await recorder.until(lambda: listener.reconnects >= 2 and not listener.connected)
-                    await a.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s",
-                                    (APPLICATION_NAME,))
-                    assert (await a.fetchone())[0] == 0
-                finally:
-                    await set_synchronous_standby_names(decoding_url, "")
+                    assert await streaming_walsenders(a) == 0
                 assert await listener.wait_connected(10)
                 await emit(a, f"{execution_id}:1")
                 await recorder.until_announced(execution_id, 1)
-    refused = [event["detail"] for event in logs if event["event"] == "wal_listener.refused"]
-    assert "as a synchronous standby (sync_state sync)" in refused[0]
-    assert "synchronous_standby_names = '*'" in refused[1]  # and at the next connect
+    refused = [event for event in logs if event["event"] == "wal_listener.refused"]
+    assert refused[0]["log_level"] == "error"
+    assert "synchronous_standby_names = '*' counts the wal listener" in refused[0]["detail"]
 
 
 async def test_a_process_whose_primary_comes_to_count_its_listener_as_synchronous_is_unready_until_fixed(
         decoding_url, client_with):
     client = await client_with(change_source="wal", reconcile_interval_seconds=0.2)
     assert await readiness(client) == 200
-    try:
-        await set_synchronous_standby_names(decoding_url, "ANY 1 (standby1, *)")
+    async with primary_with(decoding_url, "ANY 1 (standby1, *)"):
         await until_ready_is(client, 503)  # left at an audit, refused at every connect since
-    finally:
-        await set_synchronous_standby_names(decoding_url, "")
     await until_ready_is(client, 200)
+
+
+@pytest.fixture
+def replication_role_url(decoding_url):
+    """A role as the README asks for the service: LOGIN REPLICATION, no superuser."""
+    role = f"aiagent_wal_{uuid.uuid4().hex[:8]}"
+    with contextlib.closing(psycopg2.connect(decoding_url)) as conn, conn.cursor() as cursor:
+        conn.autocommit = True
+        cursor.execute(f"CREATE ROLE {role} LOGIN REPLICATION")
+        try:
+            yield decoding_url.replace("postgres:@", f"{role}:@")
+        finally:
+            cursor.execute(f"DROP ROLE {role}")
 
 
 async def until_ready_is(client, status: int) -> None:
     async with asyncio.timeout(15):
         while await readiness(client) != status:
             await asyncio.sleep(0.05)
+
+
+async def streaming_walsenders(sql) -> int:
+    """The listener's walsenders past the connect-time check (one in it shows as `startup`)."""
+    await sql.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s "
+                      "AND state = 'streaming'", (APPLICATION_NAME,))
+    return (await sql.fetchone())[0]
 
 
 def walsender_is_synchronous(url: str) -> bool:
@@ -205,7 +214,18 @@ def walsender_is_synchronous(url: str) -> bool:
         return cursor.fetchone()[0] == 1
 
 
-async def set_synchronous_standby_names(url: str, setting: str) -> None:
+@contextlib.asynccontextmanager
+async def primary_with(url: str, synchronous_standby_names: str):
+    """The primary with this synchronous_standby_names for the block, reset after it whatever
+    happens: left set, every later commit of the test run would wait for a synchronous standby."""
+    try:
+        await reload_with(url, synchronous_standby_names)
+        yield
+    finally:
+        await reload_with(url, "")
+
+
+async def reload_with(url: str, setting: str) -> None:
     """Set, and seen by new sessions (a reload reaches them a moment later)."""
     async with aiopg.connect(url) as conn, conn.cursor() as cursor:
         if setting:

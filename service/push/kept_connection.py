@@ -14,7 +14,7 @@ import psycopg2
 import structlog
 
 
-class Refused(Exception):
+class ServerSetupRefused(Exception):
     """The server answers, but is set up so that this connection must not serve it: said in the
     log as an error naming what to change, then tried again after the backoff, like a lost one."""
 
@@ -61,18 +61,23 @@ class KeptConnection:
 
     async def run(self) -> None:
         delay = self._backoff_min
+        refused = ""  # what the last refusal said
         while True:
             conn = None
             try:
                 conn = await self._connect()
                 stream = await self._start(conn)
                 self._connected.set()
+                refused = ""
                 self.log.info(f"{self.log_prefix}.connected", reconnects=self.reconnects, **self._described())
                 delay = self._backoff_min
                 await self._on_connect()
                 await self._pump(stream)
-            except Refused as exc:
-                self.log.error(f"{self.log_prefix}.refused", detail=str(exc))
+            except ServerSetupRefused as exc:
+                # An error once per setup found wrong; its retries meanwhile at debug.
+                said, refused = refused, str(exc)
+                say = self.log.debug if said == refused else self.log.error
+                say(f"{self.log_prefix}.refused", detail=refused)
             except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
                 self.log.warning(f"{self.log_prefix}.disconnected", error=type(exc).__name__,
                                  detail=str(exc)[:200])

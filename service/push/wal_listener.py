@@ -15,7 +15,7 @@ import structlog
 from ..db import pg_async, repository
 from . import pgoutput, synchronous_standby_names
 from .backlog import Backlog
-from .kept_connection import KeptConnection, Refused
+from .kept_connection import KeptConnection, ServerSetupRefused
 from .pg_listener import CHANNEL, parse_payload
 
 log = structlog.get_logger(__name__)
@@ -58,13 +58,12 @@ class WalListener(KeptConnection):
     def __init__(self, *args, feedback_seconds: float = 1.0,
                  while_waiting: Callable[[], Awaitable[object]] | None = None,
                  primary_pool: aiopg.Pool | None = None, **kwargs):
-        """`primary_pool`: the primary's, when decoding there, to audit the walsender's sync_state."""
+        """`primary_pool`: the primary's, when decoding there, for audit()."""
         super().__init__(*args, **kwargs)
         self._feedback_seconds = max(feedback_seconds, 1.0)  # psycopg2's floor for status_interval
         self._while_waiting = while_waiting
         self._primary_pool = primary_pool
         self.slot_name = ""
-        self._walsender_pid: int | None = None
         self._leaving = ""  # why the connection is to be left, once the audit found a reason
         # Announcements of the transaction being read, and those committed but not handed over.
         self._in_transaction: dict[str, int] = {}
@@ -91,7 +90,7 @@ class WalListener(KeptConnection):
         await self._refuse_to_be_synchronous(conn)
         await self._create_slot(conn)
         cursor = await self._start_replication(conn)
-        self._walsender_pid, self._leaving = conn.get_backend_pid(), ""
+        self._leaving = ""
         return cursor
 
     def _described(self) -> dict:
@@ -109,7 +108,7 @@ class WalListener(KeptConnection):
             timeout=self._ping_seconds)
         refusal = synchronous_standby_names.refusal(setting, APPLICATION_NAME)
         if refusal and not standby:
-            raise Refused(refusal)
+            raise ServerSetupRefused(refusal)
 
     async def _create_slot(self, conn) -> None:
         """A temporary slot, ready once the server has found a consistent point to decode from.
@@ -150,21 +149,20 @@ class WalListener(KeptConnection):
         return cursor
 
     async def audit(self) -> None:
-        """The setting may change while decoding: a walsender the primary has come to count as a
-        synchronous standby (sync_state other than async) is left, and the next connect refused
-        while the setting names it. Only where the primary pool reaches the walsender's server."""
-        pid = self._walsender_pid
-        if self._primary_pool is None or pid is None or not self.connected:
+        """The setting may change while decoding (a reload): once the primary's names the listener,
+        the connection is left, and the next connect refused while it does. Asked through
+        `primary_pool`, so only while decoding on the primary; a promoted standby is asked at the
+        listener's next connect."""
+        if self._primary_pool is None or not self.connected:
             return
         try:
             async with asyncio.timeout(self._ping_seconds):
-                state = await repository.walsender_sync_state(self._primary_pool, pid)
+                standby, setting = await repository.synchronous_standby_names(self._primary_pool)
         except (psycopg2.Error, OSError, TimeoutError):
             return  # the server is down or slow: the connection says so itself; asked again next period
-        if state not in (None, "async") and pid == self._walsender_pid:
-            self._leaving = (f"synchronous_standby_names counts the wal listener (application_name "
-                             f"'{APPLICATION_NAME}') as a synchronous standby (sync_state {state}): "
-                             "list only the standbys, by name")
+        refusal = synchronous_standby_names.refusal(setting, APPLICATION_NAME)
+        if refusal and not standby:
+            self._leaving = refusal
 
     async def _pump(self, cursor) -> None:
         """Reads what has arrived, hands over what is committed, confirms it; waits for more."""
@@ -173,7 +171,7 @@ class WalListener(KeptConnection):
         last_heard = time.monotonic()
         while True:
             if self._leaving:
-                raise Refused(self._leaving)
+                raise ServerSetupRefused(self._leaving)
             arrived = self._read_arrived(cursor)
             if arrived:
                 last_heard = time.monotonic()
