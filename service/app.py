@@ -125,7 +125,8 @@ async def listener_ctx(app: web.Application):
     # Before the listener starts, so that every change committed once the app serves is announced
     # through this source.
     await include_change_source()
-    listener = listener_for(config, pool, on_batch=hub.on_notified, on_connect=on_connect)
+    listener = listener_for(config, pool, on_batch=hub.on_notified, on_connect=on_connect,
+                            server_setup=hub.push_database_synchronous_standby_names)
     app[listener_key] = listener
     async with background(listener.run(), app[shutdown_key]) as task:
         app[listener_task_key] = task

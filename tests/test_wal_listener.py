@@ -12,6 +12,7 @@ import psycopg2
 import pytest
 from structlog.testing import capture_logs
 
+from service.push.change_reader import PreparedReader
 from service.push.wal_listener import APPLICATION_NAME
 
 from .helpers import readiness
@@ -153,9 +154,11 @@ async def test_a_listener_the_primary_comes_to_count_as_a_synchronous_standby_le
     a, _ = writers
     execution_id = new_ids(1)[0]
     # The service's role is no superuser: the audit must see what such a role may see.
-    async with aiopg.create_pool(replication_role_url, minsize=1, maxsize=1) as pool:
+    reader = PreparedReader(replication_role_url, application_name="audit test")
+    try:
         with capture_logs() as logs:
-            async with listening(replication_role_url, primary_pool=pool) as (listener, recorder):
+            async with listening(replication_role_url,
+                                 server_setup=reader.synchronous_standby_names) as (listener, recorder):
                 await listener.audit()
                 await asyncio.sleep(1.5)  # longer than the pump's longest wait: it acted on the audit
                 assert listener.connected and listener.reconnects == 0
@@ -167,6 +170,8 @@ async def test_a_listener_the_primary_comes_to_count_as_a_synchronous_standby_le
                 assert await listener.wait_connected(10)
                 await emit(a, f"{execution_id}:1")
                 await recorder.until_announced(execution_id, 1)
+    finally:
+        reader.close()
     refused = [event for event in logs if event["event"] == "wal_listener.refused"]
     assert refused[0]["log_level"] == "error"
     assert "synchronous_standby_names = '*' counts the wal listener" in refused[0]["detail"]

@@ -229,14 +229,6 @@ async def log_standby_snapshot(pool: aiopg.Pool) -> None:
     await _fetch(pool, "SELECT pg_log_standby_snapshot()")
 
 
-async def synchronous_standby_names(pool: aiopg.Pool) -> tuple[bool, str]:
-    """Whether the server is a standby, and its synchronous_standby_names (as of its last reload).
-    Any role may read these; pg_stat_replication's sync_state only roles with pg_read_all_stats."""
-    row = await _fetch_one(pool, "SELECT pg_is_in_recovery() AS standby, "
-                                 "current_setting('synchronous_standby_names') AS setting")
-    return row["standby"], row["setting"]
-
-
 async def change_listeners(pool: aiopg.Pool, application_names: list[str]) -> dict[str, int]:
     """How many connections to this database each application name has open (service listeners)."""
     rows = await _fetch(

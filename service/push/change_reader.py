@@ -160,6 +160,13 @@ class PreparedReader:
         [(recovering,)] = await self._execute("SELECT pg_is_in_recovery()", ())
         return bool(recovering)
 
+    async def synchronous_standby_names(self) -> tuple[bool, str]:
+        """Whether this server is a standby, and its synchronous_standby_names as of its last
+        reload (any role may read both; pg_stat_replication's sync_state needs pg_read_all_stats)."""
+        [(recovering, setting)] = await self._execute(
+            "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')", ())
+        return bool(recovering), setting
+
     async def execution_seqs(self, execution_ids: list[str]) -> dict[str, int]:
         return dict(await self._execute("EXECUTE seqs(%s::uuid[])", (execution_ids,)))
 

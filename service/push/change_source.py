@@ -28,9 +28,11 @@ INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
 
 
 def listener_for(config: Config, pool: aiopg.Pool, on_batch: Callable[[dict[str, int]], Awaitable[None]],
-                 on_connect: Callable[[], Awaitable[object]]) -> KeptConnection:
+                 on_connect: Callable[[], Awaitable[object]],
+                 server_setup: Callable[[], Awaitable[tuple[bool, str]]]) -> KeptConnection:
     """The listener of `config.change_source`; `pool` is the primary's (a standby's new slot asks it
-    for the record that lets decoding start)."""
+    for the record that lets decoding start); `server_setup` is what the wal listener's audit asks
+    of the push database."""
     settings = dict(
         on_batch=on_batch,
         on_connect=on_connect,
@@ -43,9 +45,7 @@ def listener_for(config: Config, pool: aiopg.Pool, on_batch: Callable[[dict[str,
         return PgListener(config.push_dsn, **settings)
     if config.push_database_url:
         settings["while_waiting"] = StandbySnapshotRequests(pool).request
-    else:
-        settings["primary_pool"] = pool
-    return WalListener(config.push_dsn, **settings)
+    return WalListener(config.push_dsn, server_setup=server_setup, **settings)
 
 
 class StandbySnapshotRequests:

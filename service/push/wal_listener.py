@@ -7,12 +7,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
-import aiopg
 import psycopg2
 import psycopg2.extras
 import structlog
 
-from ..db import pg_async, repository
+from ..db import pg_async
 from . import pgoutput, synchronous_standby_names
 from .backlog import Backlog
 from .kept_connection import KeptConnection, ServerSetupRefused
@@ -57,12 +56,13 @@ class WalListener(KeptConnection):
 
     def __init__(self, *args, feedback_seconds: float = 1.0,
                  while_waiting: Callable[[], Awaitable[object]] | None = None,
-                 primary_pool: aiopg.Pool | None = None, **kwargs):
-        """`primary_pool`: the primary's, when decoding there, for audit()."""
+                 server_setup: Callable[[], Awaitable[tuple[bool, str]]] | None = None, **kwargs):
+        """`server_setup`: whether the server decoded from is a standby, and its
+        synchronous_standby_names, asked by audit()."""
         super().__init__(*args, **kwargs)
         self._feedback_seconds = max(feedback_seconds, 1.0)  # psycopg2's floor for status_interval
         self._while_waiting = while_waiting
-        self._primary_pool = primary_pool
+        self._server_setup = server_setup
         self.slot_name = ""
         self._leaving = ""  # why the connection is to be left, once the audit found a reason
         # Announcements of the transaction being read, and those committed but not handed over.
@@ -149,15 +149,14 @@ class WalListener(KeptConnection):
         return cursor
 
     async def audit(self) -> None:
-        """The setting may change while decoding (a reload): once the primary's names the listener,
-        the connection is left, and the next connect refused while it does. Asked through
-        `primary_pool`, so only while decoding on the primary; a promoted standby is asked at the
-        listener's next connect."""
-        if self._primary_pool is None or not self.connected:
+        """The setting may change while decoding (a reload), and a standby decoded from may be
+        promoted: once the server is a primary whose setting names the listener, the connection is
+        left, and the next connect refused while it does."""
+        if self._server_setup is None or not self.connected:
             return
         try:
             async with asyncio.timeout(self._ping_seconds):
-                standby, setting = await repository.synchronous_standby_names(self._primary_pool)
+                standby, setting = await self._server_setup()
         except (psycopg2.Error, OSError, TimeoutError):
             return  # the server is down or slow: the connection says so itself; asked again next period
         refusal = synchronous_standby_names.refusal(setting, APPLICATION_NAME)
