@@ -319,6 +319,44 @@ async def test_feedback_advances_the_slots_confirmed_flush_position(decoding_url
         assert listener.lag_bytes == 0 and 0 <= listener.lag_seconds < 5
 
 
+async def test_other_tables_written_flat_out_neither_hold_up_announcements_nor_the_slot(
+        decoding_url, writers):
+    # The walsender sends a keepalive after each commit it decodes, ours or not; the listener lets
+    # them gather while they come thick, but what is announced among them still goes out, in
+    # order, and the slot's confirmed position keeps up with the other tables' WAL.
+    a, b = writers
+    execution = new_ids(1)[0]
+    await b.execute("CREATE TABLE IF NOT EXISTS unrelated_writes (id int PRIMARY KEY, n int)")
+    await b.execute("INSERT INTO unrelated_writes VALUES (1, 0) ON CONFLICT DO NOTHING")
+    stop = asyncio.Event()
+
+    async def write_elsewhere():
+        while not stop.is_set():
+            await b.execute("UPDATE unrelated_writes SET n = n + 1 WHERE id = 1")
+
+    async with listening(decoding_url) as (listener, recorder):
+        writer = asyncio.create_task(write_elsewhere())
+        try:
+            await asyncio.sleep(0.3)
+            for seq in range(1, 21):
+                await emit(a, f"{execution}:{seq}")
+                await recorder.until_announced(execution, seq, timeout=5)
+            await a.execute("SELECT pg_current_wal_lsn()")
+            written_at = (await a.fetchone())[0]
+            async with asyncio.timeout(5):
+                while True:
+                    await a.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                                    "WHERE slot_name = %s", (written_at, listener.slot_name))
+                    if (await a.fetchone())[0]:
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await writer
+    seen = [batch[execution] for batch in recorder.batches if execution in batch]
+    assert seen == sorted(set(seen)) and seen[-1] == 20
+
+
 class SlowRecorder(Recorder):
     """A consumer whose every read takes longer than the commits take to come."""
 

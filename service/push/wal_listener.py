@@ -33,6 +33,13 @@ PROTO_VERSION = "1"
 NUDGE_SECONDS = 0.5
 # A transaction of many messages is read in slices, so the event loop runs between them.
 MAX_MESSAGES_PER_READ = 5000
+# The walsender decodes every commit in the cluster, and after each one it has caught up with it
+# sends a keepalive: with other tables written thousands of times a second, reading each at once
+# took a quarter of a core (bench/unrelated_writes.py). After two reads in a row that found
+# keepalives only, the listener lets them gather this long before reading again, until a read
+# finds nothing at all: at most a thousand reads a second, and a change that comes meanwhile
+# waits at most this. The service's own changes (each followed by a keepalive) never pause it.
+KEEPALIVE_PAUSE_SECONDS = 0.001
 
 
 class WalListener(KeptConnection):
@@ -168,12 +175,16 @@ class WalListener(KeptConnection):
         backlog = Backlog()
         fd = cursor.fileno()
         last_heard = time.monotonic()
+        keepalives_only = 0  # reads in a row that found keepalives and nothing else
         while True:
             if self._leaving:
                 raise ServerSetupRefused(self._leaving)
+            server_lsn = self.server_lsn
             arrived = self._read_arrived(cursor)
-            if arrived:
+            heard = arrived or self.server_lsn != server_lsn  # a keepalive moves the server's position
+            if heard:
                 last_heard = time.monotonic()
+            keepalives_only = keepalives_only + 1 if heard and not arrived else 0
             if self._committed:
                 if self._coalesce_seconds and backlog.sustained:
                     self.gathered_batches += 1
@@ -187,6 +198,9 @@ class WalListener(KeptConnection):
             elif not arrived:
                 if not self._in_transaction:
                     self.decoded_lsn = max(self.decoded_lsn, self.server_lsn)  # caught up
+                if keepalives_only >= 2:
+                    await asyncio.sleep(KEEPALIVE_PAUSE_SECONDS)
+                    continue  # to read what gathered meanwhile
                 # Woken at least every feedback_seconds: read_message() above sends the feedback
                 # that falls due. Quiet for long: make sure the server still answers (it replies to
                 # this at once, with a keepalive that read_message() eats).
