@@ -28,6 +28,7 @@ import psycopg2
 
 from service.db.migrations import apply_migrations
 from service.dev.embedded_db import start_embedded_postgres
+from service.push.wal_listener import APPLICATION_NAME as WAL_LISTENER_NAME
 
 from .harness import REPO_DIR, SECRET, free_port, service_process
 from .trigger_cost import psql_binary
@@ -66,7 +67,8 @@ def serving(url: str, source: str, service_tree: Path):
         walsender = None
         if source == "wal":
             with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cursor:
-                cursor.execute("SELECT pid FROM pg_stat_replication")
+                cursor.execute("SELECT pid FROM pg_stat_replication WHERE application_name = %s",
+                               (WAL_LISTENER_NAME,))
                 walsender = psutil.Process(cursor.fetchone()[0])
         yield psutil.Process(proc.pid), walsender
     finally:

@@ -101,6 +101,10 @@ class AppStateCollector:
                 "aiagent_wal_decoding_lag_bytes",
                 "WAL the server has written that the listener has not handed over yet (as of the last "
                 "message or keepalive the server sent).", value=listener.lag_bytes)
+            yield CounterMetricFamily(
+                "aiagent_wal_keepalive_pauses",
+                "Times the replication connection let keepalives gather for a millisecond: commits "
+                "that announce nothing came thick.", value=listener.keepalive_pauses)
             yield GaugeMetricFamily(
                 "aiagent_wal_decoding_lag_seconds",
                 "From the newest handed-over transaction's commit to its handing over to the hub.",

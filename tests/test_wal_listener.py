@@ -353,8 +353,10 @@ async def test_other_tables_written_flat_out_neither_hold_up_announcements_nor_t
         finally:
             stop.set()
             await writer
+            await b.execute("DROP TABLE unrelated_writes")
     seen = [batch[execution] for batch in recorder.batches if execution in batch]
     assert seen == sorted(set(seen)) and seen[-1] == 20
+    assert listener.keepalive_pauses > 0  # the keepalives did come thick, and were gathered
 
 
 class SlowRecorder(Recorder):

@@ -29,7 +29,7 @@ INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
 
 def listener_for(config: Config, pool: aiopg.Pool, on_batch: Callable[[dict[str, int]], Awaitable[None]],
                  on_connect: Callable[[], Awaitable[object]],
-                 server_setup: Callable[[], Awaitable[tuple[bool, str]]]) -> KeptConnection:
+                 server_setup: Callable[[], Awaitable[tuple[bool, str]]] | None = None) -> KeptConnection:
     """The listener of `config.change_source`; `pool` is the primary's (a standby's new slot asks it
     for the record that lets decoding start); `server_setup` is what the wal listener's audit asks
     of the push database."""

@@ -297,8 +297,9 @@ class SubscriptionHub:
 
     async def push_database_synchronous_standby_names(self) -> tuple[bool, str]:
         """Whether the push database is a standby, and its synchronous_standby_names: what the wal
-        listener's audit asks, of the server its walsender runs on."""
-        return await self._reader.synchronous_standby_names()
+        listener's audit asks, of the server its walsender runs on. Through the catch-up reader,
+        off the live reads' way."""
+        return await self._catch_up_reader.synchronous_standby_names()
 
     async def note_standby_recovery(self) -> None:
         """With push_database_url, says what it is (at the first check) and when it stops being a

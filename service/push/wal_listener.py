@@ -33,12 +33,14 @@ PROTO_VERSION = "1"
 NUDGE_SECONDS = 0.5
 # A transaction of many messages is read in slices, so the event loop runs between them.
 MAX_MESSAGES_PER_READ = 5000
-# The walsender decodes every commit in the cluster, and after each one it has caught up with it
-# sends a keepalive: with other tables written thousands of times a second, reading each at once
-# took a quarter of a core (bench/unrelated_writes.py). After two reads in a row that found
-# keepalives only, the listener lets them gather this long before reading again, until a read
-# finds nothing at all: at most a thousand reads a second, and a change that comes meanwhile
-# waits at most this. The service's own changes (each followed by a keepalive) never pause it.
+# The walsender reads the whole cluster's WAL, and each time it has caught up past what the
+# listener confirmed it sends a keepalive: with another table written thousands of times a second,
+# reading each at once took a quarter of a core (bench/unrelated_writes.py). After two reads in a
+# row that found keepalives only, the listener lets them gather this long before reading again,
+# until a read finds nothing at all: about a thousand reads a second at most, and a change that
+# comes meanwhile waits about this long. The service's own changes alone (each followed by a
+# keepalive) never start a pause. PostgreSQL 14's pgoutput sends every transaction, empty ones
+# included, so there the reads find data and this never engages.
 KEEPALIVE_PAUSE_SECONDS = 0.001
 
 
@@ -79,6 +81,7 @@ class WalListener(KeptConnection):
         self._newest_commit_time = 0.0
         # Read at scrape time: what the metrics export.
         self.messages_decoded = 0
+        self.keepalive_pauses = 0
         self.decoded_lsn = 0  # every announcement before this WAL position has been handed over
         self.server_lsn = 0  # the furthest WAL position the server has sent or reported
         self.lag_seconds = 0.0  # from the newest handed-over commit to its handing over
@@ -162,8 +165,7 @@ class WalListener(KeptConnection):
         if self._server_setup is None or not self.connected:
             return
         try:
-            async with asyncio.timeout(self._ping_seconds):
-                standby, setting = await self._server_setup()
+            standby, setting = await self._server_setup()
         except (psycopg2.Error, OSError, TimeoutError):
             return  # the server is down or slow: the connection says so itself; asked again next period
         refusal = synchronous_standby_names.refusal(setting, APPLICATION_NAME)
@@ -181,7 +183,7 @@ class WalListener(KeptConnection):
                 raise ServerSetupRefused(self._leaving)
             server_lsn = self.server_lsn
             arrived = self._read_arrived(cursor)
-            heard = arrived or self.server_lsn != server_lsn  # a keepalive moves the server's position
+            heard = arrived or self.server_lsn != server_lsn  # keepalives move it too
             if heard:
                 last_heard = time.monotonic()
             keepalives_only = keepalives_only + 1 if heard and not arrived else 0
@@ -196,9 +198,14 @@ class WalListener(KeptConnection):
             elif arrived == MAX_MESSAGES_PER_READ:
                 await asyncio.sleep(0)  # a long transaction is still coming in
             elif not arrived:
-                if not self._in_transaction:
-                    self.decoded_lsn = max(self.decoded_lsn, self.server_lsn)  # caught up
+                if not self._in_transaction and self.server_lsn > self.decoded_lsn:
+                    # Caught up: confirmed with the next status update. psycopg2 would move the
+                    # flush position on a keepalive by itself only when no data came since the last
+                    # confirmation, and PostgreSQL 14 sends every transaction, empty ones included.
+                    self.decoded_lsn = self.server_lsn
+                    cursor.send_feedback(write_lsn=self.decoded_lsn, flush_lsn=self.decoded_lsn)
                 if keepalives_only >= 2:
+                    self.keepalive_pauses += 1
                     await asyncio.sleep(KEEPALIVE_PAUSE_SECONDS)
                     continue  # to read what gathered meanwhile
                 # Woken at least every feedback_seconds: read_message() above sends the feedback
