@@ -15,12 +15,14 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import aiopg
 import psycopg2
 import pytest
 from aiohttp import WSMsgType
 
 from service.db.migrations import apply_migrations
 from service.dev.streaming_standby import StreamingStandby
+from service.push.change_reader import PreparedReader
 from service.push.subscription_hub import STANDBY_WAIT
 
 from .actors import Actor
@@ -28,6 +30,7 @@ from .databases import RestartablePostgres, cursor
 from .helpers import Follower, log_events, next_json, scrape, terminate_listener, value
 from .servers import start_server, stop_server
 from .standby import streaming_standby
+from .wal_decoding import listening, primary_with
 
 EXECUTIONS = 3
 
@@ -301,3 +304,27 @@ async def test_a_promoted_standby_keeps_every_socket_going_and_rest_follows_a_fa
     assert [e["event"] for e in following_log if e["event"].startswith("wal_listener.")] == [
         "wal_listener.connected", "wal_listener.disconnected", "wal_listener.connected"]
     assert [e for e in pinned_log if e["event"] == "http.database_unavailable"]
+
+
+async def test_a_promoted_standby_whose_setting_comes_to_count_the_listener_is_left_at_its_audit(cluster):
+    # Decoding on a standby never makes the listener a synchronous standby; once the standby is
+    # promoted it is a primary like any other, and its synchronous_standby_names is audited.
+    primary, standby = cluster
+    reader = PreparedReader(standby.url, application_name="audit test")  # as the hub reads the push database
+    try:
+        async with aiopg.connect(primary.url) as conn, conn.cursor() as on_primary:
+            async with listening(standby.url, connect_timeout=None,
+                                 server_setup=reader.synchronous_standby_names) as (listener, recorder):
+                async with asyncio.timeout(30):
+                    while not await listener.wait_connected(0.2):  # the slot's consistent point
+                        await on_primary.execute("SELECT pg_log_standby_snapshot()")
+                await asyncio.to_thread(standby.promote)
+                assert await listener.wait_connected(10)
+                async with primary_with(standby.url, "*"):
+                    before = listener.reconnects
+                    await listener.audit()
+                    # Left, then refused at the next connect.
+                    await recorder.until(lambda: listener.reconnects >= before + 2 and not listener.connected)
+                assert await listener.wait_connected(10)
+    finally:
+        reader.close()

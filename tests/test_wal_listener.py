@@ -16,7 +16,7 @@ from service.push.change_reader import PreparedReader
 from service.push.wal_listener import APPLICATION_NAME
 
 from .helpers import readiness
-from .wal_decoding import Recorder, emit, listening, prepare_for_decoding
+from .wal_decoding import Recorder, emit, listening, prepare_for_decoding, primary_with, reload_with
 
 
 @pytest.fixture(scope="module")
@@ -217,34 +217,6 @@ def walsender_is_synchronous(url: str) -> bool:
         cursor.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s "
                        "AND sync_state <> 'async'", (APPLICATION_NAME,))
         return cursor.fetchone()[0] == 1
-
-
-@contextlib.asynccontextmanager
-async def primary_with(url: str, synchronous_standby_names: str):
-    """The primary with this synchronous_standby_names for the block, reset after it whatever
-    happens: left set, every later commit of the test run would wait for a synchronous standby."""
-    try:
-        await reload_with(url, synchronous_standby_names)
-        yield
-    finally:
-        await reload_with(url, "")
-
-
-async def reload_with(url: str, setting: str) -> None:
-    """Set, and seen by new sessions (a reload reaches them a moment later)."""
-    async with aiopg.connect(url) as conn, conn.cursor() as cursor:
-        if setting:
-            await cursor.execute("ALTER SYSTEM SET synchronous_standby_names = %s", (setting,))
-        else:
-            await cursor.execute("ALTER SYSTEM RESET synchronous_standby_names")
-        await cursor.execute("SELECT pg_reload_conf()")
-    async with asyncio.timeout(5):
-        while True:
-            async with aiopg.connect(url) as conn, conn.cursor() as cursor:
-                await cursor.execute("SHOW synchronous_standby_names")
-                if (await cursor.fetchone())[0] == setting:
-                    return
-            await asyncio.sleep(0.02)
 
 
 async def test_a_walsender_that_stops_answering_is_replaced(decoding_url, writers):

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import dataclasses
 
+import aiopg
 import psycopg2
 
 from service.push.wal_listener import PREFIX, PUBLICATION, WalListener
@@ -76,3 +77,31 @@ async def listening(url: str, recorder: Recorder | None = None, *, connect_timeo
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def primary_with(url: str, synchronous_standby_names: str):
+    """The primary with this synchronous_standby_names for the block, reset after it whatever
+    happens: left set, every later commit of the test run would wait for a synchronous standby."""
+    try:
+        await reload_with(url, synchronous_standby_names)
+        yield
+    finally:
+        await reload_with(url, "")
+
+
+async def reload_with(url: str, setting: str) -> None:
+    """Set, and seen by new sessions (a reload reaches them a moment later)."""
+    async with aiopg.connect(url) as conn, conn.cursor() as cursor:
+        if setting:
+            await cursor.execute("ALTER SYSTEM SET synchronous_standby_names = %s", (setting,))
+        else:
+            await cursor.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await cursor.execute("SELECT pg_reload_conf()")
+    async with asyncio.timeout(5):
+        while True:
+            async with aiopg.connect(url) as conn, conn.cursor() as cursor:
+                await cursor.execute("SHOW synchronous_standby_names")
+                if (await cursor.fetchone())[0] == setting:
+                    return
+            await asyncio.sleep(0.02)
