@@ -35,6 +35,7 @@ def test_named_standbys_only_do_not_count_it(setting):
 
 
 def test_the_refusal_names_the_setting_its_value_and_the_listener():
-    said = refusal("FIRST 1 (*)", APPLICATION_NAME)
+    said = refusal(False, "FIRST 1 (*)", APPLICATION_NAME)
     assert "synchronous_standby_names = 'FIRST 1 (*)'" in said and APPLICATION_NAME in said
-    assert refusal("standby1", APPLICATION_NAME) is None
+    assert refusal(False, "standby1", APPLICATION_NAME) is None
+    assert refusal(True, "FIRST 1 (*)", APPLICATION_NAME) is None  # a standby's walsenders never are

@@ -7,6 +7,7 @@ import psycopg2
 
 from ..db import pg_async
 from ..db.repository import EXECUTION_COLUMNS
+from . import synchronous_standby_names
 
 # Every event of the given executions after the given seqs, in seq order: the current status (if
 # it changed since), node history and log lines. One statement, so one consistent snapshot. Rows
@@ -161,10 +162,8 @@ class PreparedReader:
         return bool(recovering)
 
     async def synchronous_standby_names(self) -> tuple[bool, str]:
-        """Whether this server is a standby, and its synchronous_standby_names as of its last
-        reload (any role may read both; pg_stat_replication's sync_state needs pg_read_all_stats)."""
-        [(recovering, setting)] = await self._execute(
-            "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')", ())
+        """Whether this server is a standby, and its synchronous_standby_names."""
+        [(recovering, setting)] = await self._execute(synchronous_standby_names.QUERY, ())
         return bool(recovering), setting
 
     async def execution_seqs(self, execution_ids: list[str]) -> dict[str, int]:

@@ -62,10 +62,7 @@ async def check_decoding(dsn: str, *, timeout: float) -> None:
     if slots >= max_slots:
         problems.append(f"max_replication_slots: all {max_slots} are in use "
                         "(one per service process is needed)")
-    # A standby's walsenders are never synchronous (PostgreSQL has no cascading synchronous
-    # replication); a primary's are when the setting names them.
-    synchronous_refusal = synchronous_standby_names.refusal(synchronous, APPLICATION_NAME)
-    if synchronous_refusal and not standby:
+    if synchronous_refusal := synchronous_standby_names.refusal(standby, synchronous, APPLICATION_NAME):
         problems.append(synchronous_refusal)
     if not published:
         problems.append(f"the publication {PUBLICATION} is missing (`aiagent-live migrate` creates it)")

@@ -12,15 +12,21 @@ double-quoted string with `""` for a quote, and is compared without regard to AS
 
 import re
 
+# What refusal() needs to know of a server: whether it is a standby, and its setting (as of its
+# last reload; any role may read both, where pg_stat_replication's sync_state needs
+# pg_read_all_stats).
+QUERY = "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')"
+
 # A double-quoted name, or a run of what is neither a separator nor a quote (an identifier, a
 # number, `*`, or the keywords FIRST and ANY, which never equal a walsender's name).
 TOKEN = re.compile(r'"((?:[^"]|"")*)"|([^\s,()"]+)')
 
 
-def refusal(setting: str, application_name: str) -> str | None:
-    """What to change when `setting` counts the walsender `application_name` as a synchronous
-    standby; None when it does not."""
-    if not names(setting, application_name):
+def refusal(standby: bool, setting: str, application_name: str) -> str | None:
+    """What to change when a server counts the walsender `application_name` as a synchronous
+    standby; None when it does not. A standby never does: PostgreSQL has no cascading synchronous
+    replication."""
+    if standby or not names(setting, application_name):
         return None
     return (f"synchronous_standby_names = '{setting}' counts the wal listener (application_name "
             f"'{application_name}') as a synchronous standby (every commit would wait for it, and it "

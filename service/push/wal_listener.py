@@ -113,11 +113,9 @@ class WalListener(KeptConnection):
     async def _refuse_to_be_synchronous(self, conn) -> None:
         """Asked at every connect, as the setting may have changed since serve's check (and a
         promoted standby is a primary now); see also audit()."""
-        [(standby, setting)] = await pg_async.execute(
-            conn, "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')",
-            timeout=self._ping_seconds)
-        refusal = synchronous_standby_names.refusal(setting, APPLICATION_NAME)
-        if refusal and not standby:
+        [(standby, setting)] = await pg_async.execute(conn, synchronous_standby_names.QUERY,
+                                                      timeout=self._ping_seconds)
+        if refusal := synchronous_standby_names.refusal(standby, setting, APPLICATION_NAME):
             raise ServerSetupRefused(refusal)
 
     async def _create_slot(self, conn) -> None:
@@ -168,8 +166,7 @@ class WalListener(KeptConnection):
             standby, setting = await self._server_setup()
         except (psycopg2.Error, OSError, TimeoutError):
             return  # the server is down or slow: the connection says so itself; asked again next period
-        refusal = synchronous_standby_names.refusal(setting, APPLICATION_NAME)
-        if refusal and not standby:
+        if refusal := synchronous_standby_names.refusal(standby, setting, APPLICATION_NAME):
             self._leaving = refusal
 
     async def _pump(self, cursor) -> None:
