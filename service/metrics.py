@@ -101,10 +101,6 @@ class AppStateCollector:
                 "aiagent_wal_decoding_lag_bytes",
                 "WAL the server has written that the listener has not handed over yet (as of the last "
                 "message or keepalive the server sent).", value=listener.lag_bytes)
-            yield CounterMetricFamily(
-                "aiagent_wal_keepalive_pauses",
-                "Times the replication connection let keepalives gather for a millisecond: commits "
-                "that announce nothing came thick.", value=listener.keepalive_pauses)
             yield GaugeMetricFamily(
                 "aiagent_wal_decoding_lag_seconds",
                 "From the newest handed-over transaction's commit to its handing over to the hub.",
@@ -118,6 +114,10 @@ class AppStateCollector:
                 "aiagent_listener_gathered_batches", "Batches the listener gathered for "
                 "listener_coalesce_seconds: changes came faster than reads.",
                 value=listener.gathered_batches)
+            yield CounterMetricFamily(
+                "aiagent_listener_read_pauses", "Times the listener let what it reads gather for a "
+                "millisecond before reading: it came thick (announcements, or for wal keepalives).",
+                value=listener.read_pauses)
             yield CounterMetricFamily(
                 "aiagent_listener_reconnects", "Times the listener's connection (LISTEN or replication, with "
                 "its slot) was lost and reopened.", value=listener.reconnects)

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 from service.push.pg_listener import CHANNEL, PgListener
@@ -75,4 +76,27 @@ async def test_changes_slower_than_the_reads_are_each_handed_over_at_once(databa
         await notify_each(sql, execution_id, range(1, 31), pause=0.02)
         await until_seen(batches, execution_id, 30)
         assert listener.gathered_batches == 0
+        assert listener.read_pauses == 0  # 20 ms apart: each read as it comes
     assert [batch[execution_id] for batch in batches] == list(range(1, 31))
+
+
+async def test_changes_less_than_a_millisecond_apart_are_read_about_once_a_millisecond(database_url, sql):
+    # A consumer that keeps up, and commits one after another (a fraction of a millisecond each
+    # here): read as they come, each would be a batch of its own.
+    batches: list[dict] = []
+
+    async def quick_read(announced):
+        batches.append(dict(announced))
+
+    execution_id = str(uuid.uuid4())
+    async with listening(database_url, quick_read, coalesce_seconds=0.02) as listener:
+        started = time.monotonic()
+        await notify_each(sql, execution_id, range(1, 1001))
+        took = time.monotonic() - started
+        await until_seen(batches, execution_id, 1000)
+        assert listener.read_pauses > 0
+    assert took < 1, f"1,000 commits took {took:.1f} s: too slow for them to come thick"
+    announced = [batch[execution_id] for batch in batches]
+    assert announced == sorted(set(announced)) and announced[-1] == 1000
+    # About one read a millisecond while they came, and a few more at its edges.
+    assert len(batches) < 1000 * took + 50, (len(batches), took)

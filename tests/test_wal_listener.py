@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 import uuid
 
 import aiopg
@@ -328,7 +329,7 @@ async def test_other_tables_written_flat_out_neither_hold_up_announcements_nor_t
             await b.execute("DROP TABLE unrelated_writes")
     seen = [batch[execution] for batch in recorder.batches if execution in batch]
     assert seen == sorted(set(seen)) and seen[-1] == 20
-    assert listener.keepalive_pauses > 0  # the keepalives did come thick, and were gathered
+    assert listener.read_pauses > 0  # the keepalives did come thick, and were gathered
 
 
 class SlowRecorder(Recorder):
@@ -369,3 +370,21 @@ async def test_commits_slower_than_the_reads_are_each_handed_over_at_once(decodi
     # One batch per commit, unless this busy machine stalled a process past a commit's pace.
     announced = [batch[execution_id] for batch in recorder.batches if execution_id in batch]
     assert announced == sorted(set(announced)) and announced[-1] == 30 and len(announced) >= 25
+
+
+async def test_commits_less_than_a_millisecond_apart_are_read_about_once_a_millisecond(decoding_url, writers):
+    # A consumer that keeps up, and commits one after another (a fraction of a millisecond each
+    # here): read as they come, each would be a batch of its own.
+    a, _ = writers
+    execution_id = new_ids(1)[0]
+    async with listening(decoding_url, coalesce_seconds=0.02) as (listener, recorder):
+        started = time.monotonic()
+        for seq in range(1, 1001):
+            await emit(a, f"{execution_id}:{seq}")
+        took = time.monotonic() - started
+        await recorder.until_announced(execution_id, 1000)
+    assert took < 1, f"1,000 commits took {took:.1f} s: too slow for them to come thick"
+    announced = [batch[execution_id] for batch in recorder.batches if execution_id in batch]
+    assert announced == sorted(set(announced)) and announced[-1] == 1000
+    # About one read a millisecond while they came, and a few more at its edges.
+    assert len(recorder.batches) < 1000 * took + 50, (len(recorder.batches), took)

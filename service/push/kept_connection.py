@@ -46,6 +46,7 @@ class KeptConnection:
         # Read at scrape time: what the metrics export.
         self.reconnects = 0
         self.gathered_batches = 0
+        self.read_pauses = 0
 
     @property
     def connected(self) -> bool:

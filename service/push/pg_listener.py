@@ -8,6 +8,7 @@ from ..db import pg_async
 from ..db.state_machine import NOTIFY_CHANNEL
 from .backlog import Backlog
 from .kept_connection import KeptConnection
+from .read_pace import PAUSE_SECONDS, ReadPace
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +34,8 @@ class PgListener(KeptConnection):
     fifty. While changes come slower than batches are handled, each goes out at once. When they
     keep coming faster (the listener has been behind for a while, push/backlog.py), it gathers
     them for `coalesce_seconds` before handing over the next: far fewer reads for the database
-    (whose CPU the committing writers need), a few milliseconds more on the way.
+    (whose CPU the committing writers need), a few milliseconds more on the way. While they come
+    thick but it keeps up, it reads about once a millisecond (push/read_pace.py).
     """
 
     log_prefix = "listener"
@@ -55,15 +57,21 @@ class PgListener(KeptConnection):
         """The socket is read only when the pump asks (pg_async), so the notifications that arrive
         while a batch is handled, or while it gathers, are read in one go."""
         backlog = Backlog()
+        pace = ReadPace()
         while True:
             if not conn.notifies:
-                try:
-                    async with asyncio.timeout(self._ping_seconds):
-                        await pg_async.ready_to(conn.fileno(), write=False)
-                except TimeoutError:  # quiet for a while: make sure the connection still answers
-                    await pg_async.execute(conn, "SELECT 1", timeout=self._ping_seconds)
-                    continue
+                if pace.pause():
+                    self.read_pauses += 1
+                    await asyncio.sleep(PAUSE_SECONDS)
+                else:
+                    try:
+                        async with asyncio.timeout(self._ping_seconds):
+                            await pg_async.ready_to(conn.fileno(), write=False)
+                    except TimeoutError:  # quiet for a while: make sure the connection still answers
+                        await pg_async.execute(conn, "SELECT 1", timeout=self._ping_seconds)
+                        continue
                 conn.poll()  # reads what arrived; raises when the connection is gone
+                pace.read(found=bool(conn.notifies))
             elif self._coalesce_seconds and backlog.sustained:
                 self.gathered_batches += 1
                 await asyncio.sleep(self._coalesce_seconds)

@@ -16,6 +16,7 @@ from . import pgoutput, synchronous_standby_names
 from .backlog import Backlog
 from .kept_connection import KeptConnection, ServerSetupRefused
 from .pg_listener import CHANNEL, parse_payload
+from .read_pace import PAUSE_SECONDS, ReadPace
 
 log = structlog.get_logger(__name__)
 
@@ -33,15 +34,6 @@ PROTO_VERSION = "1"
 NUDGE_SECONDS = 0.5
 # A transaction of many messages is read in slices, so the event loop runs between them.
 MAX_MESSAGES_PER_READ = 5000
-# The walsender reads the whole cluster's WAL, and each time it has caught up past what the
-# listener confirmed it sends a keepalive: with another table written thousands of times a second,
-# reading each at once took a quarter of a core (bench/unrelated_writes.py). After two reads in a
-# row that found keepalives only, the listener lets them gather this long before reading again,
-# until a read finds nothing at all: about a thousand reads a second at most, and a change that
-# comes meanwhile waits about this long. The service's own changes alone (each followed by a
-# keepalive) never start a pause. PostgreSQL 14's pgoutput sends every transaction, empty ones
-# included, so there the reads find data and this never engages.
-KEEPALIVE_PAUSE_SECONDS = 0.001
 
 
 class WalListener(KeptConnection):
@@ -81,7 +73,6 @@ class WalListener(KeptConnection):
         self._newest_commit_time = 0.0
         # Read at scrape time: what the metrics export.
         self.messages_decoded = 0
-        self.keepalive_pauses = 0
         self.decoded_lsn = 0  # every announcement before this WAL position has been handed over
         self.server_lsn = 0  # the furthest WAL position the server has sent or reported
         self.lag_seconds = 0.0  # from the newest handed-over commit to its handing over
@@ -173,17 +164,19 @@ class WalListener(KeptConnection):
         """Reads what has arrived, hands over what is committed, confirms it; waits for more."""
         backlog = Backlog()
         fd = cursor.fileno()
+        pace = ReadPace()
         last_heard = time.monotonic()
-        keepalives_only = 0  # reads in a row that found keepalives and nothing else
         while True:
             if self._leaving:
                 raise ServerSetupRefused(self._leaving)
             server_lsn = self.server_lsn
             arrived = self._read_arrived(cursor)
-            heard = arrived or self.server_lsn != server_lsn  # keepalives move it too
+            # Keepalives move the server's position too: the walsender sends one each time it has
+            # caught up past what was confirmed, after any commit in the cluster, ours or not.
+            heard = bool(arrived) or self.server_lsn != server_lsn
+            pace.read(found=heard)
             if heard:
                 last_heard = time.monotonic()
-            keepalives_only = keepalives_only + 1 if heard and not arrived else 0
             if self._committed:
                 if self._coalesce_seconds and backlog.sustained:
                     self.gathered_batches += 1
@@ -201,9 +194,9 @@ class WalListener(KeptConnection):
                     # confirmation, and PostgreSQL 14 sends every transaction, empty ones included.
                     self.decoded_lsn = self.server_lsn
                     cursor.send_feedback(write_lsn=self.decoded_lsn, flush_lsn=self.decoded_lsn)
-                if keepalives_only >= 2:
-                    self.keepalive_pauses += 1
-                    await asyncio.sleep(KEEPALIVE_PAUSE_SECONDS)
+                if pace.pause():
+                    self.read_pauses += 1
+                    await asyncio.sleep(PAUSE_SECONDS)
                     continue  # to read what gathered meanwhile
                 # Woken at least every feedback_seconds: read_message() above sends the feedback
                 # that falls due. Quiet for long: make sure the server still answers (it replies to

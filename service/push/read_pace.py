@@ -1,0 +1,46 @@
+"""How often a change source reads while what it reads comes thick: about once a millisecond.
+
+Each read that finds something costs the service a wake-up of its event loop, and the hand-over of
+a batch: about 70 us of CPU however little it carries. Read at once, commits at the writers'
+ceiling (3,000-4,000 a second here) took the listener a quarter of a core, on the cores the
+writers needed (bench/PROFILE.md, session 10); so did the walsender's keepalives for other
+tables' commits (session 9).
+
+So once two reads less than PAUSE_SECONDS apart have both found something, the source waits
+PAUSE_SECONDS before each next read instead of waiting for its socket, until a read after such a
+pause finds nothing: about a thousand reads a second at most, and a change that comes meanwhile
+waits up to about a millisecond more. Changes that come slower (S1's 500 a second, 2 ms apart)
+are each read at once; at most the pause after one falls in the gap before the next.
+
+Gathering for listener_coalesce_seconds once the consumer is behind (push/backlog.py) is the
+other rule, for a hub that cannot keep up; this one is for a listener that can.
+"""
+
+import time
+from collections.abc import Callable
+
+PAUSE_SECONDS = 0.001
+
+
+class ReadPace:
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._found_at = float("-inf")  # when a read last found something
+        self._after_pause = False  # the read being told of came after a pause
+        self.thick = False
+
+    def read(self, found: bool) -> None:
+        """After each read: whether it found anything (changes, or a keepalive)."""
+        now = self._clock()
+        if found:
+            self.thick = self.thick or now - self._found_at < PAUSE_SECONDS
+            self._found_at = now
+        elif self._after_pause:
+            self.thick = False  # a pause gathered nothing: it has thinned out
+        self._after_pause = False
+
+    def pause(self) -> bool:
+        """Before waiting for the socket: True when the source should sleep PAUSE_SECONDS and read
+        instead."""
+        self._after_pause = self.thick
+        return self.thick
