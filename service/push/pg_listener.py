@@ -34,8 +34,8 @@ class PgListener(KeptConnection):
     fifty. While changes come slower than batches are handled, each goes out at once. When they
     keep coming faster (the listener has been behind for a while, push/backlog.py), it gathers
     them for `coalesce_seconds` before handing over the next: far fewer reads for the database
-    (whose CPU the committing writers need), a few milliseconds more on the way. While they come
-    thick but it keeps up, it reads about once a millisecond (push/read_pace.py).
+    (whose CPU the committing writers need), a few milliseconds more on the way. While they keep
+    coming thick but it keeps up, it reads about once a millisecond (push/read_pace.py).
     """
 
     log_prefix = "listener"

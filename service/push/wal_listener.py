@@ -46,7 +46,9 @@ class WalListener(KeptConnection):
     connection quiet for `ping_seconds` is asked for a reply, and replaced when none comes.
 
     Batches are gathered as pg_listener gathers them: at once while the consumer keeps up, for
-    `coalesce_seconds` once it has been behind for a while (push/backlog.py).
+    `coalesce_seconds` once it has been behind for a while (push/backlog.py), and about once a
+    millisecond while what it reads, announcements or keepalives, keeps coming thick
+    (push/read_pace.py).
 
     It never serves as a synchronous standby (synchronous_standby_names.py): refused at every
     connect while the primary's setting names it, and left when an audit finds it counted.
