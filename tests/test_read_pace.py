@@ -1,5 +1,5 @@
-"""When a change source pauses before reading: while what it reads comes less than a millisecond
-apart, and only then."""
+"""When a change source pauses before reading: once what it reads has come less than a millisecond
+apart for a while, and only then."""
 
 from service.push.read_pace import PAUSE_SECONDS, SUSTAINED_SECONDS, ReadPace
 

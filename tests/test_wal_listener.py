@@ -368,6 +368,7 @@ async def test_commits_slower_than_the_reads_are_each_handed_over_at_once(decodi
         await commit_each_from_the_database(sql, execution_id, 30, 0.05)
         await recorder.until_announced(execution_id, 30)
         assert listener.gathered_batches == 0
+        assert listener.read_pauses == 0  # each commit's data and its keepalive read as they came
     # One batch per commit, unless this busy machine stalled a process past a commit's pace.
     announced = [batch[execution_id] for batch in recorder.batches if execution_id in batch]
     assert announced == sorted(set(announced)) and announced[-1] == 30 and len(announced) >= 25

@@ -26,12 +26,14 @@ SUSTAINED_SECONDS = 0.01
 
 
 class ReadPace:
+    """One listener connection's: told of each read, asked before each wait."""
+
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._found_at = float("-inf")  # when a read last found something
         self._run_since = float("-inf")  # when reads began to find something less than a pause apart
         self._after_pause = False  # the read being told of came after a pause
-        self.thick = False
+        self._thick = False
 
     def read(self, found: bool) -> None:
         """After each read: whether it found anything (changes, or a keepalive)."""
@@ -40,13 +42,13 @@ class ReadPace:
             if not self._after_pause and now - self._found_at >= PAUSE_SECONDS:
                 self._run_since = now
             self._found_at = now
-            self.thick = now - self._run_since >= SUSTAINED_SECONDS
+            self._thick = now - self._run_since >= SUSTAINED_SECONDS
         elif self._after_pause:
-            self.thick = False  # a pause gathered nothing: it has thinned out
+            self._thick = False  # a pause gathered nothing: it has thinned out
         self._after_pause = False
 
     def pause(self) -> bool:
         """Before waiting for the socket: True when the source should sleep PAUSE_SECONDS and read
         instead."""
-        self._after_pause = self.thick
-        return self.thick
+        self._after_pause = self._thick
+        return self._thick
