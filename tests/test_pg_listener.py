@@ -34,6 +34,16 @@ async def notify_each(sql, execution_id: str, seqs, pause: float = 0.0) -> None:
             await asyncio.sleep(pause)
 
 
+def quick_consumer():
+    """The batches a consumer that keeps up is handed, and the consumer."""
+    batches: list[dict] = []
+
+    async def quick_read(announced):
+        batches.append(dict(announced))
+
+    return batches, quick_read
+
+
 async def until_seen(batches: list[dict], execution_id: str, seq: int) -> None:
     async with asyncio.timeout(10):
         while not any(batch.get(execution_id) == seq for batch in batches):
@@ -67,11 +77,7 @@ async def test_a_consumer_slower_than_the_changes_gets_them_gathered_and_none_lo
 
 
 async def test_changes_slower_than_the_reads_are_each_handed_over_at_once(database_url, sql):
-    batches: list[dict] = []
-
-    async def quick_read(announced):
-        batches.append(dict(announced))
-
+    batches, quick_read = quick_consumer()
     execution_id = str(uuid.uuid4())
     async with listening(database_url, quick_read, coalesce_seconds=0.02) as listener:
         await notify_each(sql, execution_id, range(1, 31), pause=0.02)
@@ -84,11 +90,7 @@ async def test_changes_slower_than_the_reads_are_each_handed_over_at_once(databa
 async def test_changes_less_than_a_millisecond_apart_are_read_about_once_a_millisecond(database_url, sql):
     # A consumer that keeps up, and commits one after another (a fraction of a millisecond each
     # here): read as they come, each would be a batch of its own.
-    batches: list[dict] = []
-
-    async def quick_read(announced):
-        batches.append(dict(announced))
-
+    batches, quick_read = quick_consumer()
     execution_id = str(uuid.uuid4())
     async with listening(database_url, quick_read, coalesce_seconds=0.02) as listener:
         started = time.monotonic()
