@@ -1,6 +1,5 @@
 """A server that cannot feed the wal change source is refused with the setting to change named."""
 
-import asyncio
 import contextlib
 import uuid
 
@@ -10,7 +9,7 @@ import pytest
 from service.dev.embedded_db import start_embedded_postgres
 from service.push.decoding_preflight import DecodingUnavailable, check_decoding
 
-from .wal_decoding import prepare_for_decoding
+from .wal_decoding import prepare_for_decoding, primary_with
 
 
 @pytest.fixture(scope="module")
@@ -93,25 +92,7 @@ async def test_wal_level_below_logical_and_no_wal_sender_are_told_so(tmp_path):
 
 async def test_synchronous_standby_names_that_would_count_the_listener_is_told_so(decoding_url):
     # Nothing commits while it is set: with no standby connected, every commit would wait.
-    run_sql(decoding_url, "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (*)'",
-            "SELECT pg_reload_conf()")
-    try:
-        said = await until_refused(decoding_url)
+    async with primary_with(decoding_url, "FIRST 1 (*)"):
+        said = await refusal(decoding_url)
         assert "synchronous_standby_names = 'FIRST 1 (*)'" in said and "keeps no WAL" in said
-    finally:
-        run_sql(decoding_url, "ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()")
-    async with asyncio.timeout(5):  # the reload reaches new sessions a moment later
-        while True:
-            with contextlib.suppress(DecodingUnavailable):
-                return await check_decoding(decoding_url, timeout=5)
-            await asyncio.sleep(0.05)
-
-
-async def until_refused(url: str) -> str:
-    async with asyncio.timeout(5):
-        while True:
-            try:
-                await check_decoding(url, timeout=5)
-            except DecodingUnavailable as refused:
-                return str(refused)
-            await asyncio.sleep(0.05)
+    await check_decoding(decoding_url, timeout=5)  # and set back, nothing else stands in the way

@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable
 import psycopg2
 import structlog
 
+from .backlog import Backlog
+from .read_pace import PAUSE_SECONDS, ReadPace
+
 
 class ServerSetupRefused(Exception):
     """The server answers, but is set up so that this connection must not serve it: said in the
@@ -96,6 +99,26 @@ class KeptConnection:
             await self._on_batch(announced)
         except Exception:  # a failed read must not kill the listener; the reconcile retries
             self.log.exception(f"{self.log_prefix}.batch_failed", executions=len(announced))
+
+    # When to read: both listeners wait the same ways ----------------------------------------------
+
+    async def _gathered(self, backlog: Backlog) -> bool:
+        """Waits `coalesce_seconds` before the next batch once the consumer has been behind for a
+        while (push/backlog.py); whether it did."""
+        if not (self._coalesce_seconds and backlog.sustained):
+            return False
+        self.gathered_batches += 1
+        await asyncio.sleep(self._coalesce_seconds)
+        return True
+
+    async def _paused(self, pace: ReadPace) -> bool:
+        """Sleeps a millisecond instead of waiting for the socket while what it reads keeps coming
+        thick (push/read_pace.py); whether it did."""
+        if not pace.pause():
+            return False
+        self.read_pauses += 1
+        await asyncio.sleep(PAUSE_SECONDS)
+        return True
 
     async def audit(self) -> None:
         """Asked every reconcile period: a check of what may change while the connection is kept."""

@@ -8,7 +8,7 @@ from ..db import pg_async
 from ..db.state_machine import NOTIFY_CHANNEL
 from .backlog import Backlog
 from .kept_connection import KeptConnection
-from .read_pace import PAUSE_SECONDS, ReadPace
+from .read_pace import ReadPace
 
 log = structlog.get_logger(__name__)
 
@@ -60,10 +60,7 @@ class PgListener(KeptConnection):
         pace = ReadPace()
         while True:
             if not conn.notifies:
-                if pace.pause():
-                    self.read_pauses += 1
-                    await asyncio.sleep(PAUSE_SECONDS)
-                else:
+                if not await self._paused(pace):
                     try:
                         async with asyncio.timeout(self._ping_seconds):
                             await pg_async.ready_to(conn.fileno(), write=False)
@@ -72,9 +69,7 @@ class PgListener(KeptConnection):
                         continue
                 conn.poll()  # reads what arrived; raises when the connection is gone
                 pace.read(found=bool(conn.notifies))
-            elif self._coalesce_seconds and backlog.sustained:
-                self.gathered_batches += 1
-                await asyncio.sleep(self._coalesce_seconds)
+            elif await self._gathered(backlog):
                 conn.poll()
             batch, conn.notifies[:] = conn.notifies[:], []
             if not batch:  # what was read was not a notification (a notice, a partial message)

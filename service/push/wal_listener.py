@@ -16,7 +16,7 @@ from . import pgoutput, synchronous_standby_names
 from .backlog import Backlog
 from .kept_connection import KeptConnection, ServerSetupRefused
 from .pg_listener import CHANNEL, parse_payload
-from .read_pace import PAUSE_SECONDS, ReadPace
+from .read_pace import ReadPace
 
 log = structlog.get_logger(__name__)
 
@@ -180,9 +180,7 @@ class WalListener(KeptConnection):
             if heard:
                 last_heard = time.monotonic()
             if self._committed:
-                if self._coalesce_seconds and backlog.sustained:
-                    self.gathered_batches += 1
-                    await asyncio.sleep(self._coalesce_seconds)
+                if await self._gathered(backlog):
                     self._read_arrived(cursor)
                 await self._hand_over(cursor)
                 self._read_arrived(cursor)  # what came in while the batch was handled
@@ -196,9 +194,7 @@ class WalListener(KeptConnection):
                     # confirmation, and PostgreSQL 14 sends every transaction, empty ones included.
                     self.decoded_lsn = self.server_lsn
                     cursor.send_feedback(write_lsn=self.decoded_lsn, flush_lsn=self.decoded_lsn)
-                if pace.pause():
-                    self.read_pauses += 1
-                    await asyncio.sleep(PAUSE_SECONDS)
+                if await self._paused(pace):
                     continue  # to read what gathered meanwhile
                 # Woken at least every feedback_seconds: read_message() above sends the feedback
                 # that falls due. Quiet for long: make sure the server still answers (it replies to
