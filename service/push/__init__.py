@@ -6,7 +6,9 @@ watching it.
       wal_listener     or one logical replication connection, decoding the triggers' WAL
                        messages (pgoutput reads them; decoding_preflight checks the server first;
                        synchronous_standby_names keeps it from ever serving as a synchronous standby);
-                       either gathers its batches once it has been behind for a while (backlog)
+                       both kept by kept_connection; either gathers its batches once it has been
+                       behind for a while (backlog), and reads about once a millisecond while
+                       changes keep coming thick (read_pace)
     subscription_hub   which sockets watch what; one read per batch (change_reader), one encoding
     messages           the wire format, built once per change
     socket_outbox      each socket's bounded queue, written at once or by a writer of its own
