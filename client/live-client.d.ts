@@ -150,7 +150,8 @@ export interface WatchFeedOptions extends ConnectionOptions {
   workflowId?: string;
   /** Only changes to this status. */
   status?: ExecutionStatus;
-  /** (Re)subscribed: (re)load the list over REST now; the feed does not replay what was missed. */
+  /** (Re)subscribed, or the server may have missed a change: (re)load the list over REST now; the
+   * feed does not replay what was missed. */
   onSync?: (info: { resumed: boolean }) => void;
   /** Each execution's status changes, newest only (by seq). */
   onStatus?: (message: StatusMessage) => void;

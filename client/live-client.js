@@ -411,8 +411,9 @@ class ExecutionWatcher extends LiveSocket {
 /**
  * Watch the executions feed on /api/v1/ws: every status change of every execution the token may
  * see (optionally one workflow's, or one status). The feed does not replay what was missed
- * while disconnected: onSync() is called each time it is (re)subscribed, which is when to
- * (re)load the list over REST; status messages newer than what you hold (by `seq`) follow.
+ * while disconnected: onSync() is called each time it is (re)subscribed, and each time the
+ * server may have missed a change, which is when to (re)load the list over REST; status
+ * messages newer than what you hold (by `seq`) follow.
  */
 export function watchFeed(options = {}) {
   return new FeedWatcher(options);

@@ -20,6 +20,7 @@ from .push.change_source import listener_for
 from .push.expiry_timer import ExpiryTimer
 from .push.heartbeat import Heartbeat
 from .push.kept_connection import KeptConnection
+from .push.open_connections import OpenConnections
 from .push.socket_limits import SocketsPerSubject
 from .push.subscription_hub import SubscriptionHub
 from .routes import SOCKET_ROUTES, setup_routes
@@ -32,6 +33,7 @@ from .typedefs import (
     listener_key,
     listener_task_key,
     metrics_key,
+    open_connections_key,
     origin_policy_key,
     shutdown_key,
     socket_counts_key,
@@ -59,7 +61,8 @@ def create_app(config: Config, *, development: bool = False) -> web.Application:
     app[shutdown_key] = Shutdown(config.shutdown_timeout_seconds)
     setup_metrics(app)
     app[socket_counts_key] = SocketsPerSubject(config.ws_max_sockets_per_subject)
-    app[heartbeat_key] = Heartbeat(config.ws_heartbeat_seconds)
+    app[open_connections_key] = OpenConnections()
+    app[heartbeat_key] = Heartbeat(config.ws_heartbeat_seconds, app[open_connections_key])
     app[token_expiries_key] = ExpiryTimer()
     setup_routes(app)
     # In dependency order: the pool, then the hub that reads through it, then the listener and
@@ -103,8 +106,9 @@ async def hub_ctx(app: web.Application):
 
 async def close_sockets(app: web.Application) -> None:
     """On shutdown, before handlers are awaited: 1001 tells every client to reconnect elsewhere."""
-    log.info("server.shutting_down", subscriptions=app[hub_key].subscription_count)
-    app[hub_key].close_all(WSCloseCode.GOING_AWAY, "server going away")
+    log.info("server.shutting_down", connections=len(app[open_connections_key]),
+             subscriptions=app[hub_key].subscription_count)
+    app[open_connections_key].close_all(WSCloseCode.GOING_AWAY, "server going away")
 
 
 async def listener_ctx(app: web.Application):
@@ -120,7 +124,7 @@ async def listener_ctx(app: web.Application):
 
     async def on_connect() -> None:
         await include_change_source()
-        await hub.reconcile()
+        await hub.listener_connected()
 
     # Before the listener starts, so that every change committed once the app serves is announced
     # through this source.

@@ -13,7 +13,7 @@ from .app import background
 from .config import Config
 from .listen_address import cannot_listen
 from .systemd_notify import SystemdNotifier
-from .typedefs import hub_key, listener_key, listener_task_key, shutdown_key
+from .typedefs import listener_key, listener_task_key, open_connections_key, shutdown_key
 
 log = structlog.get_logger(__name__)
 
@@ -71,13 +71,13 @@ async def serve_until_signalled(app: web.Application, config: Config, on_ready: 
 async def shut_down(app: web.Application, runner: web.AppRunner, site: web.TCPSite) -> None:
     """aiohttp's AppRunner.cleanup, step by step, each step within what is left of one deadline
     (there, aiohttp's per-connection waits and each cleanup step's own bounds add up)."""
-    shutdown, hub, server = app[shutdown_key], app[hub_key], runner.server
+    shutdown, connections, server = app[shutdown_key], app[open_connections_key], runner.server
     await site.stop()
-    # Sockets are closed while the server still reads, so each closing handshake completes
-    # (aiohttp ignores what arrives once its own shutdown has begun). Half the time at most.
-    hub.close_all(WSCloseCode.GOING_AWAY, "server going away")
-    await shutdown.bound("sockets", hub.wait_until_empty(timeout=shutdown.remaining()), share=0.5,
-                         stuck=lambda: {"subscriptions": hub.subscription_count})
+    # Sockets and streams are closed while the server still reads, so each closing handshake
+    # completes (aiohttp ignores what arrives once its own shutdown has begun). Half the time at most.
+    connections.close_all(WSCloseCode.GOING_AWAY, "server going away")
+    await shutdown.bound("sockets", connections.wait_until_empty(timeout=shutdown.remaining()), share=0.5,
+                         stuck=lambda: {"connections": len(connections)})
     await shutdown.bound("on_shutdown", app.shutdown())
     # Requests in flight may finish in half of what is left; those that do not are cancelled
     # (aiohttp would cancel them only after waiting twice more, and leave them running when cut).

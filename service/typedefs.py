@@ -12,6 +12,7 @@ from .config import Config
 from .push.expiry_timer import ExpiryTimer
 from .push.heartbeat import Heartbeat
 from .push.kept_connection import KeptConnection
+from .push.open_connections import OpenConnections
 from .push.socket_limits import SocketsPerSubject
 from .push.subscription_hub import SubscriptionHub
 from .shutdown import Shutdown
@@ -32,6 +33,8 @@ listener_key = web.AppKey("listener", KeptConnection)
 listener_task_key = web.AppKey("listener_task", asyncio.Task)
 metrics_key: web.AppKey["Metrics"] = web.AppKey("metrics")
 socket_counts_key = web.AppKey("socket_counts", SocketsPerSubject)
+# Every open socket and event stream: pinged by the heartbeat, told to go away at shutdown.
+open_connections_key = web.AppKey("open_connections", OpenConnections)
 heartbeat_key = web.AppKey("heartbeat", Heartbeat)
 # When each socket's token expires, on one timer for all of them.
 token_expiries_key = web.AppKey("token_expiries", ExpiryTimer)

@@ -4,8 +4,10 @@ import asyncio
 
 import pytest
 
+from service.typedefs import hub_key, listener_key
+
 from .actors import Actor
-from .helpers import next_json, next_status
+from .helpers import next_json, next_status, terminate_listener, until_synced
 
 pytestmark = pytest.mark.both_change_sources
 
@@ -77,3 +79,62 @@ async def test_feed_filters_by_status_among_the_viewers_executions(client, worke
         seen = await statuses_until_quiet(ws)
         assert [(m["execution_id"], m["status"]) for m in seen] == [(running["id"], "running")]
         assert pending["id"] not in {m["execution_id"] for m in seen}
+
+
+async def test_a_socket_on_the_feed_and_an_execution_gets_its_every_event_in_order(client, database_url, sql):
+    """The feed's read comes after the subscription's: a status committed between the two must
+    not overtake, on a socket that watches the execution too, a log line committed before it."""
+    hub, user = client.app[hub_key], Actor(client)
+    execution = await user.create_execution()
+    async with feed_socket(user) as ws:
+        await subscribed(ws)
+        await ws.send_json({"type": "subscribe", "execution_id": execution["id"]})
+        last_seq = max(m["seq"] for m in await until_synced(ws))
+        feed_statuses = hub._reader.feed_statuses
+        committed_between = []
+
+        async def commit_between(execution_ids, owners):
+            # A worker commits a log line, then a status, after the subscription's read of this
+            # batch and before the feed's.
+            if execution["id"] in execution_ids and not committed_between:
+                committed_between.append(True)
+                await sql.execute("INSERT INTO execution_logs (execution_id, message) VALUES (%s, 'between')",
+                                  (execution["id"],))
+                await sql.execute("UPDATE executions SET status='running', message='after' WHERE id=%s",
+                                  (execution["id"],))
+            return await feed_statuses(execution_ids, owners)
+        hub._reader.feed_statuses = commit_between  # the real read, after a real commit
+        await sql.execute("UPDATE executions SET message='first' WHERE id=%s", (execution["id"],))
+        seen = []
+        while not seen or seen[-1].get("message") != "after":
+            seen.append(await next_json(ws))
+    assert committed_between
+    assert [(m["type"], m["message"]) for m in seen] == [
+        ("status", "first"), ("log", "between"), ("status", "after")]
+    assert [m["seq"] for m in seen] == list(range(last_seq + 1, last_seq + 4))
+
+
+async def test_feed_subscribers_are_told_to_reload_after_the_listener_missed_changes(
+        client_with, config, sql):
+    """Changes committed while the listener reconnects are never announced, and the feed does not
+    replay: each feed socket gets `subscribed` again once it is back, and a reload over REST then
+    has the change."""
+    client = await client_with(listener_backoff_min_seconds=0.5)
+    listener, user = client.app[listener_key], Actor(client)
+    async with feed_socket(user) as ws:
+        await subscribed(ws)
+        execution = await user.create_execution()
+        assert (await next_status(ws))["execution_id"] == execution["id"]
+        await terminate_listener(config.database_url)
+        for _ in range(500):
+            if not listener.connected:
+                break
+            await asyncio.sleep(0.01)
+        assert not listener.connected
+        await sql.execute("UPDATE executions SET status='running', message='in the gap' WHERE id=%s",
+                          (execution["id"],))
+        assert await next_json(ws, timeout=10) == {"type": "subscribed", "feed": "executions"}
+        status, reloaded = await user.request("GET", f"/api/v1/executions/{execution['id']}")
+        assert (status, reloaded["status"], reloaded["message"]) == (200, "running", "in the gap")
+        await sql.execute("UPDATE executions SET status='completed' WHERE id=%s", (execution["id"],))
+        assert (await next_status(ws))["status"] == "completed"  # live again

@@ -51,12 +51,24 @@ async def test_served_process_pushes_sql_changes_to_a_websockets_client_and_stop
             await ws.send(json.dumps({"type": "ping"}))
             assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
 
+            # Sockets that watch nothing are told to go away too: one that never subscribed, and
+            # one whose only subscription has ended.
+            many = f"ws://127.0.0.1:{port}/api/v1/ws?access_token={token}"
+            idle = await websockets.connect(many)
+            left = await websockets.connect(many)
+            await left.send(json.dumps({"type": "subscribe", "execution_id": execution["id"]}))
+            while json.loads(await asyncio.wait_for(left.recv(), 5))["type"] != "synced":
+                pass
+            await left.send(json.dumps({"type": "unsubscribe", "execution_id": execution["id"]}))
+            assert json.loads(await asyncio.wait_for(left.recv(), 5))["type"] == "unsubscribed"
+
             process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(ws.recv(), 10)
-                raise AssertionError("expected the socket to close")
-            except websockets.ConnectionClosed as closed:
-                assert closed.rcvd is not None and closed.rcvd.code == 1001
+            for each in (ws, idle, left):
+                try:
+                    await asyncio.wait_for(each.recv(), 10)
+                    raise AssertionError("expected the socket to close")
+                except websockets.ConnectionClosed as closed:
+                    assert closed.rcvd is not None and closed.rcvd.code == 1001
         assert await asyncio.wait_for(process.wait(), 15) == 0
     finally:
         if process.returncode is None:

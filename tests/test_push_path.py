@@ -397,3 +397,43 @@ async def test_push_metrics_count_messages_latency_and_corrections(client, user,
         before, "aiagent_commit_to_send_seconds_count") + 2
     assert value(after, "aiagent_reconcile_corrections_total") == value(
         before, "aiagent_reconcile_corrections_total")
+
+
+async def test_a_new_subscribers_first_live_read_starts_after_its_snapshot_and_corrects_nothing(
+        client_with, sql):
+    """An execution with a long history, newly watched: its next change reads only what is new,
+    and a reconcile finds nothing to correct (it was caught up, not missed)."""
+    client = await client_with(reconcile_interval_seconds=0.2)
+    hub, user = client.app[hub_key], Actor(client)
+    execution = await user.create_execution()
+    await sql.execute("INSERT INTO execution_logs (execution_id, message) "
+                      "SELECT %s, 'line ' || g FROM generate_series(1, 300) g", (execution["id"],))
+    # Those announcements handled (while nobody watched): a later commit's message has arrived.
+    later = await user.create_execution()
+    async with user.ws(later["id"]) as ws:
+        await drain_snapshot(ws)
+        await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (later["id"],))
+        assert (await next_json(ws))["status"] == "running"
+    reads = []
+    events_after = hub._reader.events_after
+
+    async def counted(after):
+        rows = await events_after(after)
+        reads.append({execution_id: [seq for _, e, seq, _ in rows if e == execution_id]
+                      for execution_id in after})
+        return rows
+    hub._reader.events_after = counted  # the real read, its rows counted
+    async with multiplexed(user) as ws:
+        await ws.send_json({"type": "subscribe", "execution_id": execution["id"]})
+        snapshot = await until_synced(ws)
+        assert [m["message"] for m in snapshot if m["type"] == "log"][-1] == "line 300"
+        before = await scrape(client)
+        await asyncio.sleep(0.7)  # three reconciles
+        await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (execution["id"],))
+        pushed = await next_json(ws)
+        assert (pushed["type"], pushed["status"]) == ("status", "running")
+        after = await scrape(client)
+    read_for_it = [read[execution["id"]] for read in reads if execution["id"] in read]
+    assert read_for_it == [[pushed["seq"]]], "the first live read went back over the history"
+    assert value(after, "aiagent_reconcile_corrections_total") == value(
+        before, "aiagent_reconcile_corrections_total")

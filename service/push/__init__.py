@@ -17,6 +17,8 @@ watching it.
     event_stream       a Server-Sent Events subscriber: the outbox writing SSE chunks to an HTTP response
     sse_handlers       the two event-stream routes: refusals before the stream, subscribe, until it ends
 
-Beside them: read_batcher (new subscribers read together), heartbeat and expiry_timer (one ping
-round and one token-expiry timer for every socket), socket_limits (per subject and per socket).
+Beside them: read_batcher (new subscribers read together), open_connections (every socket and
+stream, subscribed or not: what the heartbeat pings and a shutdown closes), heartbeat and
+expiry_timer (one ping round and one token-expiry timer for every socket), socket_limits (per
+subject and per socket).
 """

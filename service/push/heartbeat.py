@@ -11,26 +11,20 @@ import asyncio
 
 import structlog
 
-from .socket_outbox import SocketOutbox
+from .open_connections import OpenConnections
 
 log = structlog.get_logger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, period: float):
+    def __init__(self, period: float, connections: OpenConnections):
         self.period = period
-        self._sockets: set[SocketOutbox] = set()
-
-    def add(self, outbox: SocketOutbox) -> None:
-        self._sockets.add(outbox)
-
-    def discard(self, outbox: SocketOutbox) -> None:
-        self._sockets.discard(outbox)
+        self._connections = connections
 
     def beat(self) -> None:
         """One round."""
         dropped = 0
-        for outbox in list(self._sockets):
+        for outbox in self._connections:
             if outbox.unanswered_ping:
                 outbox.drop_silent_peer()
                 dropped += 1

@@ -54,6 +54,11 @@ def _json_default(value):
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+# A feed subscription's start, and again whenever it may have missed a change: the feed does not
+# replay, so this is when a client (re)loads its list.
+FEED_SUBSCRIBED = encode({"type": "subscribed", "feed": "executions"})
+
+
 def status_message(row: dict) -> dict:
     """The `status` message of the original design, plus seq, workflow_id and timestamps."""
     return {

@@ -67,6 +67,13 @@ class SocketOutbox:
         """The executions this socket is subscribed to."""
         return self._cursors.keys()
 
+    def position(self, execution_id: str) -> int:
+        """The seq up to which this socket has every event of an execution it watches: 0 while
+        its snapshot or catch-up is still being read."""
+        if self._held and execution_id in self._held:
+            return 0
+        return self._cursors.get(execution_id, 0)
+
     @property
     def closing(self) -> bool:
         return self._close is not None
@@ -151,11 +158,12 @@ class SocketOutbox:
             self.offer(event)
 
     def offer_feed(self, event: Event) -> None:
-        """A status from a feed subscription: deduplicated only against an execution this socket
-        also watches (a cursor per fed execution would grow without bound)."""
-        if event.execution_id in self._cursors:
-            self.offer(event)
-        elif self._close is None:
+        """A status from a feed subscription; not for an execution this socket also watches,
+        whose subscription sends its every status in seq order among its node and log events
+        (the feed's read can be newer than the subscription's, and would put a status ahead of a
+        log line still to come). Fed statuses are not deduplicated here: a cursor per fed
+        execution would grow without bound."""
+        if event.execution_id not in self._cursors and self._close is None:
             self._send(event)
 
     def forget(self, execution_id: str) -> None:

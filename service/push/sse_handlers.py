@@ -24,9 +24,9 @@ from ..auth import InvalidToken, Principal, token_from_request
 from ..db.outages import is_database_outage
 from ..typedefs import (
     config_key,
-    heartbeat_key,
     hub_key,
     metrics_key,
+    open_connections_key,
     socket_counts_key,
     token_expiries_key,
     token_verifier_key,
@@ -117,7 +117,7 @@ def resume_cursor(request: web.Request, since: int | None) -> int | None:
 
 class StreamSession:
     """One event stream: its response, connection and outbox, and what it holds in the app while
-    open (a connection of its subject's, the heartbeat, a token-expiry timer)."""
+    open (a connection of its subject's, a place among the open connections, a token-expiry timer)."""
 
     def __init__(self, request: web.Request, principal: Principal, *, single_execution: bool):
         app = request.app
@@ -161,7 +161,7 @@ class StreamSession:
         self.response.headers["X-Request-ID"] = structlog.contextvars.get_contextvars()["request_id"]
         await self.stream.start(retry_ms())
         app = self.request.app
-        app[heartbeat_key].add(self.outbox)
+        app[open_connections_key].add(self.outbox)
         app[metrics_key].open_event_streams.inc()
         self._expiry = app[token_expiries_key].call_at(self.principal.expires_at, self._expired)
 
@@ -175,14 +175,15 @@ class StreamSession:
         if self._expiry is not None:
             app[token_expiries_key].cancel(self._expiry)
         started = self.stream.started
-        if started:
-            app[heartbeat_key].discard(self.outbox)
-            app[metrics_key].open_event_streams.dec()
         try:
             await self.outbox.finish()
         finally:
             self.hub.drop(self.outbox, self.outbox.watching)
             app[socket_counts_key].release(self.principal.sub)
+            if started:
+                # Only now that its last chunk is out: a shutdown waits for every open connection.
+                app[open_connections_key].discard(self.outbox)
+                app[metrics_key].open_event_streams.dec()
         if started:
             # The reason as the socket's close code would say it; None: the client left first.
             log.info("sse.ended", code=self.outbox.close_code)
@@ -256,7 +257,7 @@ async def feed_events(request: web.Request) -> web.StreamResponse:
 
     def subscribe():
         session.hub.subscribe_feed(session.outbox, feed)
-        session.outbox.send_text(messages.encode({"type": "subscribed", "feed": "executions"}))
+        session.outbox.send_text(messages.FEED_SUBSCRIBED)
         log.info("sse.feed_subscribed", workflow_id=workflow_id, status=query["status"])
 
     try:

@@ -14,7 +14,7 @@ import structlog
 from ..auth import Principal
 from ..db import repository
 from .change_reader import PreparedReader
-from .messages import Event, event_from_parts, synced_event
+from .messages import FEED_SUBSCRIBED, Event, event_from_parts, synced_event
 from .read_batcher import ReadBatcher
 from .socket_outbox import SocketOutbox
 
@@ -100,17 +100,19 @@ class SubscriptionHub:
         self._preview_limit = preview_limit
         self._log_tail = log_tail
         self._watchers: dict[str, tuple[SocketOutbox, ...] | set[SocketOutbox]] = {}
-        # Highest seq already offered to the watchers of each execution, and announced for it by
-        # the listener (a reconcile that finds a change announced but still being read did not
-        # correct anything).
+        # Highest seq already offered to the watchers of each execution by a live read (before
+        # the first, _behind asks the watchers), and announced for it by the listener (a
+        # reconcile that finds a change announced but still being read did not correct anything).
         self._published: dict[str, int] = {}
         self._announced: dict[str, int] = {}
         self._feeds: dict[SocketOutbox, FeedFilter] = {}
+        # Whether feed subscribers may have missed a status change (the listener reconnected, or
+        # a batch's read failed): the next reconcile tells them to reload.
+        self._feeds_behind = False
         # The same subscribers by viewer, so a change is checked against the sockets that may
         # see it, not against every feed socket (a list view is what most users have open).
         self._feeds_by_viewer: dict[str | None, dict[SocketOutbox, FeedFilter]] = {}
         self._fed: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._emptied = asyncio.Event()
 
     @property
     def subscription_count(self) -> int:
@@ -126,7 +128,6 @@ class SubscriptionHub:
         elif outbox not in watchers:
             watchers += (outbox,)
             self._watchers[execution_id] = set(watchers) if len(watchers) > FEW_WATCHERS else watchers
-        self._emptied.clear()
 
     def unsubscribe(self, execution_id: str, outbox: SocketOutbox) -> None:
         watchers = self._watchers.get(execution_id)
@@ -139,23 +140,14 @@ class SubscriptionHub:
                 del self._watchers[execution_id]
                 self._published.pop(execution_id, None)
                 self._announced.pop(execution_id, None)
-        self._note_if_empty()
 
     def subscribe_feed(self, outbox: SocketOutbox, feed: FeedFilter) -> None:
         """Subscribe, or replace the socket's feed (new filters, or a token for another viewer)."""
-        self._forget_feed(outbox)
+        self.unsubscribe_feed(outbox)
         self._feeds[outbox] = feed
         self._feeds_by_viewer.setdefault(feed.viewer, {})[outbox] = feed
-        self._emptied.clear()
 
     def unsubscribe_feed(self, outbox: SocketOutbox) -> None:
-        self._forget_feed(outbox)
-        self._note_if_empty()
-
-    def feed_of(self, outbox: SocketOutbox) -> FeedFilter | None:
-        return self._feeds.get(outbox)
-
-    def _forget_feed(self, outbox: SocketOutbox) -> None:
         feed = self._feeds.pop(outbox, None)
         if feed is not None:
             same_viewer = self._feeds_by_viewer[feed.viewer]
@@ -163,15 +155,14 @@ class SubscriptionHub:
             if not same_viewer:
                 del self._feeds_by_viewer[feed.viewer]
 
+    def feed_of(self, outbox: SocketOutbox) -> FeedFilter | None:
+        return self._feeds.get(outbox)
+
     def drop(self, outbox: SocketOutbox, execution_ids) -> None:
         """Everything a closing socket subscribed to."""
         for execution_id in list(execution_ids):
             self.unsubscribe(execution_id, outbox)
         self.unsubscribe_feed(outbox)
-
-    def _note_if_empty(self) -> None:
-        if not self._watchers and not self._feeds:
-            self._emptied.set()
 
     # -- a new subscriber's first read -------------------------------------------------------
 
@@ -255,45 +246,79 @@ class SubscriptionHub:
         for execution_id, seq in announced.items():
             if execution_id in self._watchers:
                 self._announced[execution_id] = max(seq, self._announced.get(execution_id, 0))
-        unseen = await self._deliver(announced)
-        for pause in VISIBILITY_PAUSES:
-            if not unseen:
-                return
-            await asyncio.sleep(pause)
-            unseen = await self._deliver(unseen)
+        try:
+            unseen = await self._deliver(announced)
+            for pause in VISIBILITY_PAUSES:
+                if not unseen:
+                    return
+                await asyncio.sleep(pause)
+                unseen = await self._deliver(unseen)
+        except Exception:
+            self._feeds_behind = True  # watched executions are the reconcile's anyway
+            raise
         if unseen:
             # Left to the reconcile (a row deleted meanwhile also ends here).
             log.warning("hub.announced_change_not_visible", executions=len(unseen))
+            self._feeds_behind = True
 
     async def _deliver(self, announced: dict[str, int]) -> dict[str, int]:
         """Offer what is news in `announced`; returns the announcements not visible to a read yet."""
-        published = self._published
-        stale = {eid: published.get(eid, 0) for eid, seq in announced.items()
-                 if eid in self._watchers and seq > published.get(eid, 0)}
+        stale = self._behind(announced)
         if stale:
             await self._read_and_publish(stale)
+        published = self._published
         unseen = {eid: announced[eid] for eid in stale
                   if eid in self._watchers and announced[eid] > published.get(eid, 0)}
         if self._feeds:
             unseen.update(await self._feed(announced))
         return unseen
 
+    async def listener_connected(self) -> int:
+        """The listener has (re)connected: what was committed while it was not listening was never
+        announced. Watched executions are read again, and feed subscribers told to reload."""
+        self._feeds_behind = True
+        return await self.reconcile()
+
     async def reconcile(self) -> int:
-        """Re-read every watched execution that moved; returns how many had moved without being announced."""
+        """Re-read every watched execution that moved; returns how many had moved without being
+        announced. Then, when feed subscribers may have missed a change, sends each of them
+        `subscribed` again: the feed does not replay, and that is a client's cue to reload its list."""
+        unannounced = 0
         watched = list(self._watchers)
-        if not watched:
-            return 0
-        seqs = await self._reader.execution_seqs(watched)
-        moved = {eid: self._published.get(eid, 0) for eid, seq in seqs.items()
-                 if seq > self._published.get(eid, 0)}
-        # Read again even when announced: the listener's read may have failed.
-        unannounced = sum(1 for eid in moved if seqs[eid] > self._announced.get(eid, 0))
-        if moved:
-            await self._read_and_publish(moved)
-            log.info("hub.reconciled", moved=len(moved), unannounced=unannounced)
-        if self.metrics is not None:
-            self.metrics.reconcile_corrections.inc(unannounced)
+        if watched:
+            seqs = await self._reader.execution_seqs(watched)
+            moved = self._behind(seqs)
+            # Read again even when announced: the listener's read may have failed.
+            unannounced = sum(1 for eid in moved if seqs[eid] > self._announced.get(eid, 0))
+            if moved:
+                await self._read_and_publish(moved)
+                log.info("hub.reconciled", moved=len(moved), unannounced=unannounced)
+            if self.metrics is not None:
+                self.metrics.reconcile_corrections.inc(unannounced)
+        if self._feeds_behind:
+            self._feeds_behind = False
+            for outbox in self._feeds:
+                outbox.send_text(FEED_SUBSCRIBED)
+            if self._feeds:
+                log.info("hub.feeds_resynced", feeds=len(self._feeds))
         return unannounced
+
+    def _behind(self, seqs: dict[str, int]) -> dict[str, int]:
+        """Of `seqs` (execution id -> a seq it has reached), the watched executions whose watchers
+        lack some of it, each with the seq up to which they all have its events: what live reads
+        published to them, or, before the first since it was watched, what their catch-ups
+        brought (0 while one is still being read). So a new subscriber's first live read starts
+        after its snapshot, not at the execution's first event."""
+        behind = {}
+        for execution_id, seq in seqs.items():
+            watchers = self._watchers.get(execution_id)
+            if watchers:
+                published = self._published.get(execution_id)
+                if published is None:
+                    published = min(outbox.position(execution_id) for outbox in watchers)
+                if seq > published:
+                    behind[execution_id] = published
+        return behind
 
     async def push_database_synchronous_standby_names(self) -> tuple[bool, str]:
         """Whether the push database is a standby, and its synchronous_standby_names: what the wal
@@ -326,6 +351,11 @@ class SubscriptionHub:
 
     async def _read_and_publish(self, after: dict[str, int]) -> None:
         rows = await self._reader.events_after(after)
+        for execution_id, seq in after.items():
+            # Every watcher had each event up to `seq` (those who came during the read too: their
+            # catch-up began after it was committed); the rows are everything after it.
+            if execution_id in self._watchers and seq > self._published.get(execution_id, 0):
+                self._published[execution_id] = seq
         preview_limit = self._preview_limit
         # Every message of the batch is built before the first is written, and its latency is
         # observed after the last, so the writes leave back to back: a client process woken by the
@@ -384,24 +414,6 @@ class SubscriptionHub:
         await self._catch_ups.close()
         self._reader.close()
         self._catch_up_reader.close()
-
-    # -- shutdown ----------------------------------------------------------------------------
-
-    def close_all(self, code: int, reason: str) -> None:
-        """Server going away: every socket is closed after what it has queued."""
-        for outbox in {*self._feeds, *(o for watchers in self._watchers.values() for o in watchers)}:
-            outbox.close(code, reason, drain=True)
-
-    async def wait_until_empty(self, timeout: float) -> bool:
-        """After close_all: wait for the sockets to finish closing; False if some did not in time."""
-        if not self._watchers and not self._feeds:
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self._emptied.wait()
-            return True
-        except TimeoutError:
-            return False
 
 
 def _epoch(value: str | datetime.datetime) -> float:

@@ -19,9 +19,9 @@ from ..config import Config
 from ..db.outages import is_database_outage
 from ..typedefs import (
     config_key,
-    heartbeat_key,
     hub_key,
     metrics_key,
+    open_connections_key,
     socket_counts_key,
     token_expiries_key,
     token_verifier_key,
@@ -233,7 +233,7 @@ class SocketSession:
             raise BadMessage(f"status must be one of {', '.join(STATUSES)}")
         self.hub.subscribe_feed(self.outbox, FeedFilter(
             self._feed_viewer(self.principal), workflow_id=workflow_id, status=status))
-        return messages.encode({"type": "subscribed", "feed": "executions"})
+        return messages.FEED_SUBSCRIBED
 
     def _unsubscribe_message(self, data: dict) -> str:
         if data.get("feed") == "executions":
@@ -252,8 +252,6 @@ class SocketSession:
         try:
             await self.outbox.finish()
         finally:
-            # Leave the hub only now: a shutdown waits for the hub to empty, so every closing
-            # handshake (1001) completes first.
             self.hub.drop(self.outbox, self.outbox.watching)
 
 
@@ -268,13 +266,13 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
     if frames is None:
         return ws  # gone during the handshake
     app = request.app
-    sockets, heartbeat, metrics = app[socket_counts_key], app[heartbeat_key], app[metrics_key]
+    sockets, connections, metrics = app[socket_counts_key], app[open_connections_key], app[metrics_key]
     if not sockets.admit(principal.sub):
         await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this token")
         return ws
     session = SocketSession(ws, frames, principal, app[token_verifier_key], app[config_key], app[hub_key],
                             app[token_expiries_key], single_execution=single_execution)
-    heartbeat.add(session.outbox)
+    connections.add(session.outbox)
     metrics.open_sockets.inc()
     try:
         try:
@@ -298,7 +296,8 @@ async def serve_socket(request: web.Request, *, single_execution: bool) -> web.S
             await session.finish()
     finally:
         metrics.open_sockets.dec()
-        heartbeat.discard(session.outbox)
+        # Only now: a shutdown waits for every open connection, so each closing handshake completes.
+        connections.discard(session.outbox)
         sockets.release(principal.sub)
     code = session.outbox.close_code or ws.close_code  # ours, else the peer's (or 1006: lost)
     log.info("ws.closed", code=None if code is None else int(code))

@@ -1,0 +1,45 @@
+"""Every open socket and event stream, by its outbox, whether it watches anything or not: the
+heartbeat pings them, and a shutdown tells each to go away and waits for it to finish closing."""
+
+import asyncio
+from collections.abc import Iterator
+
+from .socket_outbox import SocketOutbox
+
+
+class OpenConnections:
+    def __init__(self) -> None:
+        self._outboxes: set[SocketOutbox] = set()
+        self._emptied = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._outboxes)
+
+    def __iter__(self) -> Iterator[SocketOutbox]:
+        return iter(list(self._outboxes))  # a copy: connections end while a round goes over them
+
+    def add(self, outbox: SocketOutbox) -> None:
+        self._outboxes.add(outbox)
+        self._emptied.clear()
+
+    def discard(self, outbox: SocketOutbox) -> None:
+        """Once its handler is done with it: its closing handshake is over."""
+        self._outboxes.discard(outbox)
+        if not self._outboxes:
+            self._emptied.set()
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Server going away: every one is closed after what it has queued."""
+        for outbox in self:
+            outbox.close(code, reason, drain=True)
+
+    async def wait_until_empty(self, timeout: float) -> bool:
+        """After close_all: wait for them to finish closing; False if some did not in time."""
+        if not self._outboxes:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._emptied.wait()
+            return True
+        except TimeoutError:
+            return False
