@@ -37,10 +37,15 @@ def with_development_defaults(config: Config) -> Config:
     # An installed service started without DATABASE_URL (under systemd: in a read-only /) is
     # told what to set, rather than failing somewhere inside initdb.
     data_dir = Path(config.data_dir).resolve()
-    nearest = next(path for path in (data_dir, *data_dir.parents) if path.exists())
-    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        writable = os.access(data_dir, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
         raise ConfigError(f"database_url is empty, so an embedded development database would run in "
-                          f"data_dir = {str(data_dir)!r}, which cannot be written; set DATABASE_URL")
+                          f"data_dir = {str(data_dir)!r}, which cannot be written; set DATABASE_URL, "
+                          f"or DATA_DIR to a writable directory")
     server = start_embedded_postgres(data_dir)
     return dataclasses.replace(
         config,
@@ -246,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     except psycopg2.OperationalError as exc:
-        print(f"cannot reach the database: {str(exc).strip()}", file=sys.stderr)
+        reason = " ".join(str(exc).split())  # libpq's hint comes on a line of its own
+        print(f"cannot reach the database (DATABASE_URL, or PUSH_DATABASE_URL where set): {reason}",
+              file=sys.stderr)
         return 1
     except CannotListen as exc:
         print(exc, file=sys.stderr)

@@ -16,6 +16,8 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg2.extensions
+
 from .auth import ROLES, TOKEN_ALGORITHMS
 
 # A checkout's own file (where `make run` finds it); an installed wheel has none, and runs on its
@@ -48,6 +50,21 @@ class Rule:
 
 def setting(default, description: str, **rule):
     return dataclasses.field(default=default, metadata={"description": description, "rule": Rule(**rule)})
+
+
+def checked_connection_string(text: str) -> str:
+    """What libpq can read (a postgresql:// URL or key=value pairs), so a typo is refused here,
+    by name, rather than by the first connection, whose error quotes the whole string."""
+    if text:
+        try:
+            psycopg2.extensions.parse_dsn(text)
+        except psycopg2.ProgrammingError:
+            raise ValueError("not a connection string") from None
+    return text
+
+
+CONNECTION_STRING = ("a PostgreSQL connection URL (postgresql://user:password@host:port/db) or "
+                     "key=value pairs (host=db user=app dbname=app)")
 
 
 def checked_jwks_url(url: str) -> str:
@@ -103,7 +120,8 @@ class Config:
         minimum=1, maximum=1_000_000)
     database_url: str = setting(
         "", "PostgreSQL URL (postgresql://user:password@host/db); empty: an embedded development "
-        "PostgreSQL in data_dir.", password=True)
+        "PostgreSQL in data_dir.", password=True, check=checked_connection_string,
+        allowed=CONNECTION_STRING + "; empty: an embedded development PostgreSQL")
     data_dir: str = setting(
         "var", "Directory (relative to the working directory) of the embedded development database and "
         "its token secret; only used when database_url is empty.")
@@ -191,7 +209,8 @@ class Config:
         "wal_level = logical, PostgreSQL 14+, a role with REPLICATION).", choices=("notify", "wal"))
     push_database_url: str = setting(
         "", "With change_source = wal: a hot standby (PostgreSQL 16+) that decodes the changes and serves "
-        "every read that feeds sockets; REST stays on database_url. Empty: database_url.", password=True)
+        "every read that feeds sockets; REST stays on database_url. Empty: database_url.", password=True,
+        check=checked_connection_string, allowed=CONNECTION_STRING + "; empty: database_url")
     reconcile_interval_seconds: float = setting(
         10.0, "Seconds between reconciles, which re-read every subscribed execution in one query and "
         "catch a listener that died without an error.", minimum=0.01, maximum=86400)

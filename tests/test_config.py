@@ -195,10 +195,32 @@ def test_config_command_masks_a_password_in_a_key_value_connection_string(tmp_pa
     assert tomllib.loads(result.stdout)["database_url"] == "host=db user=a password=*** dbname=x"
 
 
-def test_serve_without_a_database_url_where_data_dir_cannot_be_used_says_what_to_set(tmp_path):
+@pytest.mark.parametrize("data_dir", ["a-file/var", "/proc/aiagent-live/var"])
+def test_serve_without_a_database_url_where_data_dir_cannot_be_used_says_what_to_set(tmp_path, data_dir):
+    """Under a file, or where nothing can be created (not even by root)."""
     (tmp_path / "a-file").write_text("")
-    result = run_service("serve", cwd=tmp_path, DATA_DIR=str(tmp_path / "a-file" / "var"))
+    result = run_service("serve", cwd=tmp_path, DATA_DIR=str(tmp_path / data_dir))
     assert result.returncode == 2, result
     assert result.stderr.startswith("configuration error: database_url is empty")
-    assert "set DATABASE_URL" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "set DATABASE_URL, or DATA_DIR to a writable directory" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("key", ["DATABASE_URL", "PUSH_DATABASE_URL"])
+@pytest.mark.parametrize("text", ["postgresql//app:hunter2@db/app", "postgresql://app:hunter2@[::1:1/app",
+                                  "postgresql://app:hunter2@db/app?bogus=1", "host=db password=hunter2 port"])
+def test_a_connection_string_libpq_cannot_read_is_refused_by_name_and_its_password_kept(key, text, tmp_path):
+    environ = {"DATABASE_URL": "postgresql://127.0.0.1:1/none", "JWT_SECRET": "x", key: text}
+    result = run_service("serve", cwd=tmp_path, **environ)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"configuration error: {key.lower()} = *** (environment variable {key}): "
+                                    "allowed: a PostgreSQL connection URL"), result.stderr
+    assert result.stderr.count("\n") == 1 and "hunter2" not in result.stderr
+
+
+def test_serve_with_a_database_it_cannot_reach_says_so_in_one_line_naming_the_setting(tmp_path):
+    result = run_service("serve", cwd=tmp_path, DATABASE_URL="postgresql://app:hunter2@127.0.0.1:1/none",
+                         JWT_SECRET="x")
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("cannot reach the database (DATABASE_URL"), result.stderr
+    assert result.stderr.count("\n") == 1 and "hunter2" not in result.stderr

@@ -80,6 +80,31 @@ async def test_served_process_pushes_sql_changes_to_a_websockets_client_and_stop
     assert "server.ready" in events and "ws.subscribed" in events
 
 
+async def test_a_request_too_big_to_parse_gets_400_and_its_bytes_stay_out_of_the_log(database_url, tmp_path):
+    """aiohttp refuses a header over 8 KiB before any handler runs, and logs its parser's error,
+    which quotes the header: here an Authorization header, token and all."""
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        process, port = await start_server(database_url, log_file)
+    token = token_for("process-user")
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/api/v1/executions",
+                                   headers={"Authorization": f"Bearer {token}{'x' * 9000}"}) as response:
+                assert response.status == 400
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200  # and the server serves on
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    logs = log_path.read_text()
+    assert token.split(".")[1][:16] not in logs, "a token reached the logs"
+    lines = logs.splitlines()
+    assert all(line.startswith("{") for line in lines), [line for line in lines if not line.startswith("{")]
+    refused = [event for event in map(json.loads, lines) if event["event"] == "http.unparsable_request"]
+    assert [(e["level"], e["error"], e["status"]) for e in refused] == [("warning", "LineTooLong", 400)]
+
+
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs iproute2's ss to read a listen backlog")
 async def test_the_server_listens_with_the_configured_backlog(database_url, tmp_path):
     with open(tmp_path / "server.log", "wb") as log_file:

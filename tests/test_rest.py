@@ -51,6 +51,8 @@ async def test_create_get_and_list_workflows(user, other_user):
     ({"name": "ok", "nodes": [{"id": "a"}]}, "nodes"),
     ({"name": "ok", "nodes": [{"id": "a", "title": "A"}, {"id": "a", "title": "B"}]}, "nodes"),
     ({"name": "bad\u0000name"}, "name"),
+    ({"name": "lone \ud800 surrogate"}, "name"),
+    ({"name": "ok", "nodes": [{"id": "a\udc00", "title": "A"}]}, "nodes"),
     ({"name": "ok", "extra": 1}, "extra"),
 ])
 async def test_workflow_validation_is_422_per_field(user, payload, field):
@@ -188,6 +190,9 @@ async def test_users_cannot_patch(user, other_user):
     ({"message": 7}, "message"),
     ({"error": "a\u0000b"}, "error"),
     ({"result": {"k\u0000": 1}}, "result"),
+    ({"message": "lone \ud800 surrogate"}, "message"),
+    ({"error": "\udfff"}, "error"),
+    ({"result": {"k\udc00": ["\ud83d"]}}, "result"),
     ({"seq": 99}, "seq"),
     ({"owner": "me"}, "owner"),
     ({}, "_schema"),
@@ -202,6 +207,15 @@ async def test_patch_validation_is_422_per_field(user, worker, payload, field):
 async def test_patch_unknown_execution_is_404(worker):
     for ident in (str(uuid.uuid4()), "not-a-uuid", "%00", "x" * 1000):
         status, body = await worker.request("PATCH", f"/api/v1/executions/{ident}", json={"progress": 1})
+        assert_error(status, body, 404, "not_found")
+
+
+async def test_patch_of_a_node_id_no_node_can_have_is_404(user, worker):
+    """NUL, bytes that are not UTF-8 (a lone surrogate once decoded), too long: no such node."""
+    execution = await user.create_execution()
+    for node_id in ("a%00b", "%ED%A0%80", "%FF", "x" * 101, "nope"):
+        status, body = await worker.request("PATCH", f"/api/v1/executions/{execution['id']}/nodes/{node_id}",
+                                            json={"status": "running"})
         assert_error(status, body, 404, "not_found")
 
 

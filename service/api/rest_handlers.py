@@ -11,6 +11,7 @@ from ..db import repository
 from ..typedefs import config_key, db_pool_key, token_verifier_key
 from .errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
 from .schemas import (
+    MAX_NODE_ID,
     ExecutionCreate,
     ExecutionListQuery,
     ExecutionOut,
@@ -23,6 +24,7 @@ from .schemas import (
     NodePatch,
     WorkflowCreate,
     WorkflowOut,
+    storable,
 )
 
 EXECUTION_OUT = ExecutionOut()
@@ -72,6 +74,15 @@ def path_uuid(request: web.Request, kind: str) -> str:
         return str(uuid.UUID(text))
     except ValueError:
         raise NotFound(kind, text) from None
+
+
+def path_node_id(request: web.Request) -> str:
+    """A path node id no node can have (too long, or text the database cannot hold): 404, as
+    for a missing one."""
+    node_id = request.match_info["node_id"]
+    if len(node_id) > MAX_NODE_ID or not storable(node_id):
+        raise NotFound("node", node_id)
+    return node_id
 
 
 def page(rows: list[dict], limit: int, out: marshmallow.Schema) -> web.Response:
@@ -206,7 +217,7 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 async def patch_node(request: web.Request) -> web.Response:
     _, execution = await reporting_worker(request)
-    node_id = request.match_info["node_id"]
+    node_id = path_node_id(request)
     changes = load(NodePatch(), await read_json(request))
     row = await repository.update_node(request.app[db_pool_key], execution["id"], node_id, changes)
     if row is None:

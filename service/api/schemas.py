@@ -1,5 +1,7 @@
 """Marshmallow schemas for what comes in and goes out of the REST API."""
 
+import re
+
 import marshmallow
 from marshmallow import fields, validate
 
@@ -9,32 +11,42 @@ from ..db.state_machine import LOG_LEVELS, NODE_STATUSES
 # Cancelling has its own endpoint (it also cancels running nodes), so PATCH cannot set it.
 PATCH_STATUSES = tuple(status for status in STATUSES if status != "cancelled")
 MAX_TEXT = 100_000
+MAX_NODE_ID = 100
+# What PostgreSQL's text and jsonb cannot hold: U+0000, and a lone UTF-16 surrogate (JSON can
+# escape one, "\ud800"; it has no UTF-8 form).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def _no_nul(value) -> None:
-    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, field by field."""
+def storable(text: str) -> bool:
+    return UNSTORABLE.search(text) is None
+
+
+def _storable(value) -> None:
+    """Refuse here, field by field, what the database would refuse."""
     if isinstance(value, str):
-        if "\x00" in value:
-            raise marshmallow.ValidationError("must not contain the NUL character")
+        found = UNSTORABLE.search(value)
+        if found is not None:
+            raise marshmallow.ValidationError("must not contain the NUL character" if found.group() == "\x00"
+                                              else "must not contain a lone UTF-16 surrogate")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _no_nul(key)
-            _no_nul(item)
+            _storable(key)
+            _storable(item)
     elif isinstance(value, list):
         for item in value:
-            _no_nul(item)
+            _storable(item)
 
 
 class Text(fields.String):
     def __init__(self, *, min_length: int = 0, max_length: int = MAX_TEXT, **kwargs):
-        super().__init__(validate=[validate.Length(min=min_length, max=max_length), _no_nul], **kwargs)
+        super().__init__(validate=[validate.Length(min=min_length, max=max_length), _storable], **kwargs)
 
 
 class Json(fields.Raw):
     """Any JSON value, as long as PostgreSQL's jsonb can store it."""
 
     def __init__(self, **kwargs):
-        super().__init__(validate=_no_nul, **kwargs)
+        super().__init__(validate=_storable, **kwargs)
 
 
 class StrictInteger(fields.Integer):
@@ -47,7 +59,7 @@ class StrictInteger(fields.Integer):
 
 
 class NodeSpec(marshmallow.Schema):
-    id = Text(required=True, min_length=1, max_length=100)
+    id = Text(required=True, min_length=1, max_length=MAX_NODE_ID)
     title = Text(required=True, min_length=1, max_length=200)
 
 
@@ -98,7 +110,7 @@ class NodePatch(marshmallow.Schema):
 
 class LogLine(marshmallow.Schema):
     level = fields.String(load_default="info", validate=validate.OneOf(LOG_LEVELS))
-    node_id = Text(load_default=None, allow_none=True, min_length=1, max_length=100)
+    node_id = Text(load_default=None, allow_none=True, min_length=1, max_length=MAX_NODE_ID)
     message = Text(required=True, max_length=100_000)
 
 

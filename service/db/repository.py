@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import contextlib
 import datetime
 import json
 import uuid
@@ -37,8 +38,24 @@ PATCHABLE_COLUMNS = ("status", "progress", "message", "result", "error")
 JSON_COLUMNS = ("result", "input_data")
 
 
+@contextlib.asynccontextmanager
+async def connection(pool: aiopg.Pool):
+    """A connection of the pool's. Under uvloop, aiopg's attempt right after one the server refused
+    fails to register its socket (RuntimeError: the refused attempt's poller is still there, on the
+    same descriptor number) where asyncio's loop gives OperationalError: both mean the server
+    cannot be reached, and are said here as psycopg2 says it (an outage: 503, not 500)."""
+    try:
+        conn = await pool.acquire()
+    except RuntimeError as exc:
+        raise psycopg2.OperationalError(f"could not connect to the database ({exc})") from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
+
+
 async def _fetch(pool: aiopg.Pool, sql: str, params=()) -> list[dict]:
-    async with pool.acquire() as conn:
+    async with connection(pool) as conn:
         async with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             try:
                 await cur.execute(sql, params)
