@@ -436,8 +436,11 @@ class FeedWatcher extends LiveSocket {
   _message(msg) {
     if (msg.type === 'subscribed') {
       this._healthy();
+      // Again on the same connection: the server may have missed a change; reload, nothing more.
+      const again = this._subscribedOn === this.connections;
+      this._subscribedOn = this.connections;
       const resumed = this.connections > 1;
-      if (resumed) this.resumes += 1;
+      if (resumed && !again) this.resumes += 1;
       this._setState('live', { resumed });
       this._call('onSync', { resumed });
       return;

@@ -30,8 +30,8 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
-                           structlog.stdlib.ExtraAdder(),
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_log_level,
+                           structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder(),
                            structlog.processors.TimeStamper(fmt="iso", utc=True)],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, renderer]))
@@ -47,9 +47,11 @@ def without_request_bytes(record: logging.LogRecord) -> bool:
     request's raw bytes (an oversized Authorization header: the token). Keep which error it was."""
     error = record.exc_info[1] if record.exc_info else None
     if isinstance(error, HttpProcessingError):
-        # The client's mistake, not ours: a warning, as the middlewares log a refused request.
+        # The client's mistake, not ours: a warning (aiohttp says error), kept only where
+        # warnings are.
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.msg, record.args = "http.unparsable_request", ()
         record.error, record.status = type(error).__name__, error.code
         record.exc_info = record.exc_text = None
+        return logging.WARNING >= logging.getLogger().level
     return True

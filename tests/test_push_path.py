@@ -12,6 +12,7 @@ from aiohttp import WSMsgType
 
 from service.metrics import Metrics
 from service.push.messages import Event, synced_event
+from service.push.open_connections import OpenConnections
 from service.push.socket_outbox import SocketOutbox
 from service.push.subscription_hub import CATCH_UP_READER, LIVE_READER
 from service.typedefs import hub_key
@@ -219,6 +220,15 @@ async def test_live_events_wait_while_held_and_are_never_sent_twice(outbox_socke
     assert await received(ws, 3) == [status(3, "live").text, synced.text, status(4).text]
 
 
+async def test_a_connection_that_opens_once_a_shutdown_has_begun_is_told_to_go_away_too(outbox_socket):
+    """Its handshake was under way when every open connection was closed."""
+    make, _, ws = outbox_socket
+    connections = OpenConnections()
+    connections.close_all(1001, "server going away")
+    connections.add(make())
+    await assert_closed_with(ws, 1001, "server going away")
+
+
 async def test_a_client_that_closes_first_is_answered_and_nothing_more_is_sent(outbox_socket):
     make, side, ws = outbox_socket
     box = make()
@@ -401,9 +411,9 @@ async def test_push_metrics_count_messages_latency_and_corrections(client, user,
 
 async def test_a_new_subscribers_first_live_read_starts_after_its_snapshot_and_corrects_nothing(
         client_with, sql):
-    """An execution with a long history, newly watched: its next change reads only what is new,
-    and a reconcile finds nothing to correct (it was caught up, not missed)."""
-    client = await client_with(reconcile_interval_seconds=0.2)
+    """An execution with a long history, newly watched: a reconcile once it is caught up finds
+    nothing to correct (it was caught up, not missed), and its next change reads only what is new."""
+    client = await client_with(reconcile_interval_seconds=3600)  # reconciled here, when the test says
     hub, user = client.app[hub_key], Actor(client)
     execution = await user.create_execution()
     await sql.execute("INSERT INTO execution_logs (execution_id, message) "
@@ -428,12 +438,12 @@ async def test_a_new_subscribers_first_live_read_starts_after_its_snapshot_and_c
         snapshot = await until_synced(ws)
         assert [m["message"] for m in snapshot if m["type"] == "log"][-1] == "line 300"
         before = await scrape(client)
-        await asyncio.sleep(0.7)  # three reconciles
+        assert await hub.reconcile() == 0
+        assert reads == [], "a reconcile read what the snapshot had brought"
         await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (execution["id"],))
         pushed = await next_json(ws)
         assert (pushed["type"], pushed["status"]) == ("status", "running")
-        after = await scrape(client)
     read_for_it = [read[execution["id"]] for read in reads if execution["id"] in read]
     assert read_for_it == [[pushed["seq"]]], "the first live read went back over the history"
-    assert value(after, "aiagent_reconcile_corrections_total") == value(
+    assert value(await scrape(client), "aiagent_reconcile_corrections_total") == value(
         before, "aiagent_reconcile_corrections_total")

@@ -211,9 +211,9 @@ async def test_patch_unknown_execution_is_404(worker):
 
 
 async def test_patch_of_a_node_id_no_node_can_have_is_404(user, worker):
-    """NUL, bytes that are not UTF-8 (a lone surrogate once decoded), too long: no such node."""
+    """One with NUL (the database cannot hold it), one too long, one that is simply not there."""
     execution = await user.create_execution()
-    for node_id in ("a%00b", "%ED%A0%80", "%FF", "x" * 101, "nope"):
+    for node_id in ("a%00b", "x" * 101, "nope"):
         status, body = await worker.request("PATCH", f"/api/v1/executions/{execution['id']}/nodes/{node_id}",
                                             json={"status": "running"})
         assert_error(status, body, 404, "not_found")

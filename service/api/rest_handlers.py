@@ -77,8 +77,8 @@ def path_uuid(request: web.Request, kind: str) -> str:
 
 
 def path_node_id(request: web.Request) -> str:
-    """A path node id no node can have (too long, or text the database cannot hold): 404, as
-    for a missing one."""
+    """A path node id no node can have (too long, or with NUL, which the database cannot hold):
+    404, as for a missing one."""
     node_id = request.match_info["node_id"]
     if len(node_id) > MAX_NODE_ID or not storable(node_id):
         raise NotFound("node", node_id)

@@ -21,7 +21,7 @@ def storable(text: str) -> bool:
     return UNSTORABLE.search(text) is None
 
 
-def _storable(value) -> None:
+def _refuse_unstorable(value) -> None:
     """Refuse here, field by field, what the database would refuse."""
     if isinstance(value, str):
         found = UNSTORABLE.search(value)
@@ -30,23 +30,24 @@ def _storable(value) -> None:
                                               else "must not contain a lone UTF-16 surrogate")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _storable(key)
-            _storable(item)
+            _refuse_unstorable(key)
+            _refuse_unstorable(item)
     elif isinstance(value, list):
         for item in value:
-            _storable(item)
+            _refuse_unstorable(item)
 
 
 class Text(fields.String):
     def __init__(self, *, min_length: int = 0, max_length: int = MAX_TEXT, **kwargs):
-        super().__init__(validate=[validate.Length(min=min_length, max=max_length), _storable], **kwargs)
+        super().__init__(validate=[validate.Length(min=min_length, max=max_length), _refuse_unstorable],
+                         **kwargs)
 
 
 class Json(fields.Raw):
     """Any JSON value, as long as PostgreSQL's jsonb can store it."""
 
     def __init__(self, **kwargs):
-        super().__init__(validate=_storable, **kwargs)
+        super().__init__(validate=_refuse_unstorable, **kwargs)
 
 
 class StrictInteger(fields.Integer):

@@ -47,6 +47,8 @@ async def connection(pool: aiopg.Pool):
     try:
         conn = await pool.acquire()
     except RuntimeError as exc:
+        if "handler is closed" not in str(exc):  # uvloop's words; any other is a bug, not an outage
+            raise
         raise psycopg2.OperationalError(f"could not connect to the database ({exc})") from exc
     try:
         yield conn

@@ -11,6 +11,9 @@ class OpenConnections:
     def __init__(self) -> None:
         self._outboxes: set[SocketOutbox] = set()
         self._emptied = asyncio.Event()
+        # The close asked of all (code, reason), once a shutdown has begun: a connection that
+        # joins later (its handshake was under way) gets it at once.
+        self._closing: tuple[int, str] | None = None
 
     def __len__(self) -> int:
         return len(self._outboxes)
@@ -21,6 +24,8 @@ class OpenConnections:
     def add(self, outbox: SocketOutbox) -> None:
         self._outboxes.add(outbox)
         self._emptied.clear()
+        if self._closing is not None:
+            outbox.close(*self._closing, drain=True)
 
     def discard(self, outbox: SocketOutbox) -> None:
         """Once its handler is done with it: its closing handshake is over."""
@@ -29,7 +34,9 @@ class OpenConnections:
             self._emptied.set()
 
     def close_all(self, code: int, reason: str) -> None:
-        """Server going away: every one is closed after what it has queued."""
+        """Server going away: every one is closed after what it has queued, and every one that
+        opens from now on."""
+        self._closing = (code, reason)
         for outbox in self:
             outbox.close(code, reason, drain=True)
 

@@ -107,7 +107,8 @@ class SubscriptionHub:
         self._announced: dict[str, int] = {}
         self._feeds: dict[SocketOutbox, FeedFilter] = {}
         # Whether feed subscribers may have missed a status change (the listener reconnected, or
-        # a batch's read failed): the next reconcile tells them to reload.
+        # a batch's read failed or found its change still invisible): the next reconcile (at
+        # once after a reconnect, else the periodic one) tells them to reload.
         self._feeds_behind = False
         # The same subscribers by viewer, so a change is checked against the sockets that may
         # see it, not against every feed socket (a list view is what most users have open).
@@ -254,12 +255,12 @@ class SubscriptionHub:
                 await asyncio.sleep(pause)
                 unseen = await self._deliver(unseen)
         except Exception:
-            self._feeds_behind = True  # watched executions are the reconcile's anyway
+            self._feeds_behind = bool(self._feeds)  # watched executions are the reconcile's anyway
             raise
         if unseen:
             # Left to the reconcile (a row deleted meanwhile also ends here).
             log.warning("hub.announced_change_not_visible", executions=len(unseen))
-            self._feeds_behind = True
+            self._feeds_behind = bool(self._feeds)
 
     async def _deliver(self, announced: dict[str, int]) -> dict[str, int]:
         """Offer what is news in `announced`; returns the announcements not visible to a read yet."""
