@@ -447,3 +447,49 @@ async def test_a_new_subscribers_first_live_read_starts_after_its_snapshot_and_c
     assert read_for_it == [[pushed["seq"]]], "the first live read went back over the history"
     assert value(await scrape(client), "aiagent_reconcile_corrections_total") == value(
         before, "aiagent_reconcile_corrections_total")
+
+
+async def test_a_change_committed_while_the_only_subscribers_snapshot_is_read_arrives_once_read_after_it(
+        client_with, sql, database_url):
+    """The change lands after the snapshot's read and is announced before the snapshot is
+    offered: it reaches the socket once, after `synced`, and what is read for it starts where
+    the snapshot ended (not at the execution's first event)."""
+    client = await client_with(reconcile_interval_seconds=3600)
+    hub, user = client.app[hub_key], Actor(client)
+    execution = await user.create_execution()
+    await sql.execute("INSERT INTO execution_logs (execution_id, message) "
+                      "SELECT %s, 'line ' || g FROM generate_series(1, 300) g", (execution["id"],))
+    later = await user.create_execution()  # those announcements handled: a later one has come
+    async with user.ws(later["id"]) as ws:
+        await drain_snapshot(ws)
+        await sql.execute("UPDATE executions SET status='running' WHERE id=%s", (later["id"],))
+        assert (await next_json(ws))["status"] == "running"
+    reads, read_catch_up = [], hub._catch_up_reader.catch_up
+
+    async def change_after_the_read(requests, log_tail):
+        rows = await read_catch_up(requests, log_tail)
+        async with aiopg.connect(database_url, enable_hstore=False) as conn, conn.cursor() as cur:
+            await cur.execute("UPDATE executions SET status='running' WHERE id=%s", (execution["id"],))
+        for _ in range(500):  # until the hub has heard of it, its only watcher still held
+            if hub._announced.get(execution["id"], 0) > rows[0][0][2]:
+                break
+            await asyncio.sleep(0.01)
+        return rows
+
+    async def counted(after):
+        rows = await events_after(after)
+        reads.append({execution_id: (after[execution_id], [seq for _, e, seq, _ in rows if e == execution_id])
+                      for execution_id in after})
+        return rows
+    events_after = hub._reader.events_after
+    hub._catch_up_reader.catch_up = change_after_the_read  # the real reads, a real commit between
+    hub._reader.events_after = counted
+    async with multiplexed(user) as ws:
+        await ws.send_json({"type": "subscribe", "execution_id": execution["id"]})
+        snapshot = await until_synced(ws)
+        upto = max(m["seq"] for m in snapshot)
+        pushed = await next_json(ws)
+        assert (pushed["type"], pushed["status"], pushed["seq"]) == ("status", "running", upto + 1)
+        with pytest.raises(asyncio.TimeoutError):
+            await next_json(ws, timeout=0.5)  # and only once
+    assert [read[execution["id"]] for read in reads if execution["id"] in read] == [(upto, [upto + 1])]

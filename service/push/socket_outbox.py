@@ -67,11 +67,11 @@ class SocketOutbox:
         """The executions this socket is subscribed to."""
         return self._cursors.keys()
 
-    def position(self, execution_id: str) -> int:
-        """The seq up to which this socket has every event of an execution it watches: 0 while
+    def position(self, execution_id: str) -> int | None:
+        """The seq up to which this socket has every event of an execution it watches; None while
         its snapshot or catch-up is still being read."""
         if self._held and execution_id in self._held:
-            return 0
+            return None
         return self._cursors.get(execution_id, 0)
 
     @property

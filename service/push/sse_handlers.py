@@ -229,7 +229,7 @@ async def execution_events(request: web.Request) -> web.StreamResponse:
             return web.Response(status=204)
 
         def catch_up():
-            found.offer_to(outbox)
+            hub.offer_catch_up(found, outbox)
             if finished:
                 # What the client lacks (its final status among it), `synced`, then the end.
                 outbox.close(CLOSE_FINISHED, "finished", drain=True)

@@ -114,6 +114,10 @@ class SubscriptionHub:
         # see it, not against every feed socket (a list view is what most users have open).
         self._feeds_by_viewer: dict[str | None, dict[SocketOutbox, FeedFilter]] = {}
         self._fed: collections.OrderedDict[str, int] = collections.OrderedDict()
+        # The highest seq announced or reconciled while every watcher of its execution was being
+        # caught up (until a live read publishes to them), and the reads offer_catch_up starts.
+        self._held_back: dict[str, int] = {}
+        self._held_back_reads: set[asyncio.Task] = set()
 
     @property
     def subscription_count(self) -> int:
@@ -141,6 +145,7 @@ class SubscriptionHub:
                 del self._watchers[execution_id]
                 self._published.pop(execution_id, None)
                 self._announced.pop(execution_id, None)
+                self._held_back.pop(execution_id, None)
 
     def subscribe_feed(self, outbox: SocketOutbox, feed: FeedFilter) -> None:
         """Subscribe, or replace the socket's feed (new filters, or a token for another viewer)."""
@@ -179,8 +184,26 @@ class SubscriptionHub:
         found = await self.read_catch_up(execution_id, since, principal)
         if found is None:
             return None
-        found.offer_to(outbox)
+        self.offer_catch_up(found, outbox)
         return found.head
+
+    def offer_catch_up(self, found: "CatchUp", outbox: SocketOutbox) -> None:
+        """Hand a new subscriber what it lacked. A change announced (or found by a reconcile)
+        while every watcher of the execution was being caught up was left for now (_behind): it
+        is read from here, after what the snapshots brought."""
+        found.offer_to(outbox)
+        execution_id = found.synced.execution_id
+        held_back = self._held_back.get(execution_id, 0)
+        if held_back > found.upto:
+            task = asyncio.create_task(self.on_notified({execution_id: held_back}))
+            self._held_back_reads.add(task)
+            task.add_done_callback(self._held_back_read_done)
+
+    def _held_back_read_done(self, task: asyncio.Task) -> None:
+        self._held_back_reads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The reconcile reads it again.
+            log.warning("hub.held_back_read_failed", error=type(task.exception()).__name__)
 
     async def read_catch_up(self, execution_id: str, since: int | None,
                             principal: Principal) -> CatchUp | None:
@@ -308,15 +331,23 @@ class SubscriptionHub:
         """Of `seqs` (execution id -> a seq it has reached), the watched executions whose watchers
         lack some of it, each with the seq up to which they all have its events: what live reads
         published to them, or, before the first since it was watched, what their catch-ups
-        brought (0 while one is still being read). So a new subscriber's first live read starts
-        after its snapshot, not at the execution's first event."""
+        brought. So a new subscriber's first live read starts after its snapshot, not at the
+        execution's first event; while every watcher's snapshot is still being read, not at all
+        (each, once offered its snapshot, has what was announced meanwhile read: offer_catch_up)."""
         behind = {}
         for execution_id, seq in seqs.items():
             watchers = self._watchers.get(execution_id)
             if watchers:
                 published = self._published.get(execution_id)
                 if published is None:
-                    published = min(outbox.position(execution_id) for outbox in watchers)
+                    positions = [outbox.position(execution_id) for outbox in watchers]
+                    if None not in positions:
+                        published = min(positions)
+                    elif any(position is not None for position in positions):
+                        published = 0  # some have theirs, another may lack anything: all of it
+                    else:  # every watcher is being caught up: see offer_catch_up
+                        self._held_back[execution_id] = max(seq, self._held_back.get(execution_id, 0))
+                        continue
                 if seq > published:
                     behind[execution_id] = published
         return behind
@@ -357,6 +388,7 @@ class SubscriptionHub:
             # catch-up began after it was committed); the rows are everything after it.
             if execution_id in self._watchers and seq > self._published.get(execution_id, 0):
                 self._published[execution_id] = seq
+            self._held_back.pop(execution_id, None)  # those still held get these rows too
         preview_limit = self._preview_limit
         # Every message of the batch is built before the first is written, and its latency is
         # observed after the last, so the writes leave back to back: a client process woken by the
@@ -412,6 +444,9 @@ class SubscriptionHub:
         return unseen
 
     async def close(self) -> None:
+        for task in list(self._held_back_reads):
+            task.cancel()
+        await asyncio.gather(*self._held_back_reads, return_exceptions=True)
         await self._catch_ups.close()
         self._reader.close()
         self._catch_up_reader.close()
