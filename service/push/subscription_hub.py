@@ -115,9 +115,11 @@ class SubscriptionHub:
         self._feeds_by_viewer: dict[str | None, dict[SocketOutbox, FeedFilter]] = {}
         self._fed: collections.OrderedDict[str, int] = collections.OrderedDict()
         # The highest seq announced or reconciled while every watcher of its execution was being
-        # caught up (until a live read publishes to them), and the reads offer_catch_up starts.
+        # caught up (until a live read publishes to them); those due a read once one has its
+        # snapshot, and the task reading them (offer_catch_up).
         self._held_back: dict[str, int] = {}
-        self._held_back_reads: set[asyncio.Task] = set()
+        self._held_back_due: dict[str, int] = {}
+        self._held_back_reader: asyncio.Task | None = None
 
     @property
     def subscription_count(self) -> int:
@@ -195,15 +197,22 @@ class SubscriptionHub:
         execution_id = found.synced.execution_id
         held_back = self._held_back.get(execution_id, 0)
         if held_back > found.upto:
-            task = asyncio.create_task(self.on_notified({execution_id: held_back}))
-            self._held_back_reads.add(task)
-            task.add_done_callback(self._held_back_read_done)
+            self._held_back_due[execution_id] = held_back
+            if self._held_back_reader is None:
+                self._held_back_reader = asyncio.create_task(self._read_held_back())
 
-    def _held_back_read_done(self, task: asyncio.Task) -> None:
-        self._held_back_reads.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # The reconcile reads it again.
-            log.warning("hub.held_back_read_failed", error=type(task.exception()).__name__)
+    async def _read_held_back(self) -> None:
+        """What offer_catch_up found due, in one batch per round, as the listener's (the catch-ups
+        of one read are offered one after another, with no await between: they share a round)."""
+        try:
+            while self._held_back_due:
+                due, self._held_back_due = self._held_back_due, {}
+                try:
+                    await self.on_notified(due)
+                except Exception as exc:  # the database is away: the reconcile reads them again
+                    log.warning("hub.held_back_read_failed", executions=len(due), error=type(exc).__name__)
+        finally:
+            self._held_back_reader = None
 
     async def read_catch_up(self, execution_id: str, since: int | None,
                             principal: Principal) -> CatchUp | None:
@@ -444,9 +453,9 @@ class SubscriptionHub:
         return unseen
 
     async def close(self) -> None:
-        for task in list(self._held_back_reads):
-            task.cancel()
-        await asyncio.gather(*self._held_back_reads, return_exceptions=True)
+        if self._held_back_reader is not None:
+            self._held_back_reader.cancel()
+            await asyncio.gather(self._held_back_reader, return_exceptions=True)
         await self._catch_ups.close()
         self._reader.close()
         self._catch_up_reader.close()
