@@ -76,7 +76,7 @@ async def shut_down(app: web.Application, runner: web.AppRunner, site: web.TCPSi
     # Sockets and streams are closed while the server still reads, so each closing handshake
     # completes (aiohttp ignores what arrives once its own shutdown has begun). Half the time at most.
     connections.close_all(WSCloseCode.GOING_AWAY, "server going away")
-    await shutdown.bound("sockets", connections.wait_until_empty(timeout=shutdown.remaining()), share=0.5,
+    await shutdown.bound("sockets", connections.wait_until_empty(), share=0.5,
                          stuck=lambda: {"connections": len(connections)})
     await shutdown.bound("on_shutdown", app.shutdown())
     # Requests in flight may finish in half of what is left; those that do not are cancelled

@@ -11,7 +11,6 @@ from ..db import repository
 from ..typedefs import config_key, db_pool_key, token_verifier_key
 from .errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized, ValidationFailed
 from .schemas import (
-    MAX_NODE_ID,
     ExecutionCreate,
     ExecutionListQuery,
     ExecutionOut,
@@ -22,14 +21,15 @@ from .schemas import (
     LogQuery,
     NodeOut,
     NodePatch,
+    NodeSpec,
     WorkflowCreate,
     WorkflowOut,
-    storable,
 )
 
 EXECUTION_OUT = ExecutionOut()
 WORKFLOW_OUT = WorkflowOut()
 NODE_OUT = NodeOut()
+NODE_ID = NodeSpec().fields["id"]
 LOG_OUT = LogOut()
 
 
@@ -77,12 +77,13 @@ def path_uuid(request: web.Request, kind: str) -> str:
 
 
 def path_node_id(request: web.Request) -> str:
-    """A path node id no node can have (too long, or with NUL, which the database cannot hold):
-    404, as for a missing one."""
+    """A path node id no node can have (by the rule its workflow's nodes were made under: too long,
+    or with NUL, which the database cannot hold): 404, as for a missing one."""
     node_id = request.match_info["node_id"]
-    if len(node_id) > MAX_NODE_ID or not storable(node_id):
-        raise NotFound("node", node_id)
-    return node_id
+    try:
+        return NODE_ID.deserialize(node_id)
+    except marshmallow.ValidationError:
+        raise NotFound("node", node_id) from None
 
 
 def page(rows: list[dict], limit: int, out: marshmallow.Schema) -> web.Response:

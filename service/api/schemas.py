@@ -17,10 +17,6 @@ MAX_NODE_ID = 100
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def storable(text: str) -> bool:
-    return UNSTORABLE.search(text) is None
-
-
 def _refuse_unstorable(value) -> None:
     """Refuse here, field by field, what the database would refuse."""
     if isinstance(value, str):

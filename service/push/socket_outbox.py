@@ -173,8 +173,12 @@ class SocketOutbox:
 
     def send_text(self, text: str) -> None:
         """A reply to the client (pong, error): never merged, never deduplicated."""
+        self.send_reply(Event("", 0, "reply", text))
+
+    def send_reply(self, reply: Event) -> None:
+        """The same, encoded already: one message for many sockets."""
         if self._close is None:
-            self._send(Event("", 0, "reply", text))
+            self._send(reply)
 
     # -- the heartbeat (heartbeat.py) -----------------------------------------------------------
 

@@ -330,8 +330,9 @@ class SubscriptionHub:
                 self.metrics.reconcile_corrections.inc(unannounced)
         if self._feeds_behind:
             self._feeds_behind = False
+            resync = Event("", 0, "reply", FEED_SUBSCRIBED)  # encoded once for every feed socket
             for outbox in self._feeds:
-                outbox.send_text(FEED_SUBSCRIBED)
+                outbox.send_reply(resync)
             if self._feeds:
                 log.info("hub.feeds_resynced", feeds=len(self._feeds))
         return unannounced
