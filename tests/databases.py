@@ -6,6 +6,7 @@ import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import aiopg
+import psutil
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from service.dev.embedded_db import start_embedded_postgres
@@ -95,4 +96,7 @@ class RestartablePostgres:
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):  # already stopped
             self.stop()
-        self.server.cleanup()
+        # The wheel kills a server pg_ctl could not stop; one stopped already can be gone between
+        # its check and its kill.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.server.cleanup()

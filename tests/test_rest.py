@@ -273,10 +273,11 @@ async def test_token_signed_with_another_secret_is_401(client):
 
 
 async def test_a_token_accepted_before_is_refused_once_it_expires(client):
-    token = token_for("a", ttl=1)
+    # exp is whole seconds: a 1 s token can be expired a millisecond after it is made.
+    token = token_for("a", ttl=3)
     status, _ = await raw(client, "GET", "/api/v1/executions", headers=auth(token))
     assert status == 200
-    await asyncio.sleep(2.1)
+    await asyncio.sleep(3.1)
     status, body = await raw(client, "GET", "/api/v1/executions", headers=auth(token))
     assert_error(status, body, 401, "unauthorized")
     assert body["error"]["message"] == "token expired"
